@@ -1,0 +1,1 @@
+"""The Flower ClientApp: thin glue from messages to multifcl."""

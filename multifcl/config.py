@@ -1,0 +1,144 @@
+"""The experiment config: the Flower run config parsed once into a typed, validated object.
+
+Every other module takes an `ExperimentConfig`; none reads the run config itself.
+Errors are one line and name the key and the value at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+DATASETS = ("digits", "imagefolder", "cifar100", "synthetic")
+PARTITIONS = ("dirichlet", "quality", "iid")
+DEVICES = ("auto", "cpu", "cuda")
+BACKBONE_PRESETS = ("vit-tiny",)
+
+
+class ConfigError(ValueError):
+    """A run-config value is invalid; the message names the key and the value."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a run; a run is reproducible from this object alone."""
+
+    method: str = "prototypes"
+    dataset: str = "digits"
+    data_root: Path | None = None
+    backbone: str = "vit-tiny"
+    num_tasks: int = 5
+    class_order_seed: int = 1993
+    rounds_per_task: int = 2
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    partition: str = "dirichlet"
+    beta: float = 0.5
+    alpha: int = 2
+    seed: int = 0
+    max_train_per_class: int | None = None
+    output_dir: Path | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from multifcl.methods import METHODS  # the registry is the list of valid names
+
+        _check_choice("method", self.method, tuple(METHODS))
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("partition", self.partition, PARTITIONS)
+        _check_choice("device", self.device, DEVICES)
+        for key in ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha"):
+            _check_positive(key, getattr(self, _attribute(key)))
+        _check_positive("lr", self.lr)
+        _check_positive("beta", self.beta)
+        if self.max_train_per_class is not None:
+            _check_positive("max-train-per-class", self.max_train_per_class)
+        if not self.backbone:
+            raise ConfigError("run config key 'backbone': must name a preset, a model id or a path")
+        if self.dataset == "imagefolder" and self.data_root is None:
+            raise ConfigError(
+                "run config key 'data-root': dataset 'imagefolder' needs a folder with "
+                "train/<class>/* and test/<class>/*"
+            )
+        if self.data_root is not None and self.dataset == "imagefolder":
+            _check_folder("data-root", self.data_root)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
+        """Build the config from a Flower run config (keys with dashes, flat values)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = _attribute(key)
+            if name not in known:
+                raise ConfigError(f"run config key '{key}': unknown key")
+            values[name] = _convert(key, value, _field_types()[name])
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """The flat run-config form of this object (the inverse of `from_run_config`)."""
+        flat: dict[str, bool | int | float | str] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                value = 0 if field.name == "max_train_per_class" else ""
+            flat[field.name.replace("_", "-")] = str(value) if isinstance(value, Path) else value
+        return flat
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _attribute(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _field_types() -> dict[str, str]:
+    return {field.name: str(field.type) for field in dataclasses.fields(ExperimentConfig)}
+
+
+def _convert(key: str, value: Any, type_name: str) -> Any:
+    """Turn a run-config value into the field's type, with a one-line error when it can't."""
+    if type_name == "Path | None":
+        if not isinstance(value, str):
+            raise ConfigError(f"run config key '{key}': expected a path string, got {value!r}")
+        return Path(value).expanduser().resolve() if value.strip() else None
+    if type_name == "int | None":
+        number = _convert(key, value, "int")
+        return number if number > 0 else None
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"run config key '{key}': expected an integer, got {value!r}")
+        return value
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"run config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"run config key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"run config key '{key}': unknown value {value!r} (choose from {', '.join(choices)})"
+        )
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"run config key '{key}': must be > 0, got {value!r}")
+
+
+def _check_folder(key: str, folder: Path) -> None:
+    if not folder.is_dir():
+        raise ConfigError(f"run config key '{key}': folder {str(folder)!r} does not exist")
+    if not any(folder.iterdir()):
+        raise ConfigError(f"run config key '{key}': folder {str(folder)!r} is empty")

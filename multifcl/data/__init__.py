@@ -1,0 +1,16 @@
+"""Data sets, the class-incremental task stream and client partitions."""
+
+from multifcl.data.federation import FederatedStream
+from multifcl.data.images import DataError, InMemoryImages
+from multifcl.data.sources import DatasetSplits, load_splits
+from multifcl.data.task_stream import Task, TaskStream
+
+__all__ = [
+    "DataError",
+    "DatasetSplits",
+    "FederatedStream",
+    "InMemoryImages",
+    "Task",
+    "TaskStream",
+    "load_splits",
+]

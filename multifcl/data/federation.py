@@ -1,0 +1,65 @@
+"""The federated view of a task stream: which samples each client holds in each task."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from multifcl.config import ExperimentConfig
+from multifcl.data.images import InMemoryImages
+from multifcl.data.partitions import make_partition
+from multifcl.data.sources import DatasetSplits
+from multifcl.data.task_stream import Task, TaskStream
+
+
+class FederatedStream:
+    """A task stream split among clients; decoded slices are cached per process."""
+
+    def __init__(self, splits: DatasetSplits, config: ExperimentConfig) -> None:
+        self.splits = splits
+        self.stream = TaskStream(splits, config)
+        self.partition = make_partition(config)
+        self.seed = config.seed
+        self.client_train_set = lru_cache(maxsize=8)(self._client_train_set)
+        self.test_set = lru_cache(maxsize=None)(self._test_set)
+
+    def client_indices(self, task: Task, client: int, num_clients: int) -> np.ndarray:
+        """Indices into the train split of the samples `client` holds in `task`."""
+        pool = self.stream.train_indices(task)
+        parts = self.partition.split(
+            self.stream.train_labels[pool], num_clients, task.index, self.seed
+        )
+        return pool[parts[client]]
+
+    def check_clients(self, num_clients: int) -> None:
+        """Raise before any training if some client would hold no samples in some task."""
+        for task in self.stream:
+            self.partition.split(
+                self.stream.train_labels[self.stream.train_indices(task)],
+                num_clients,
+                task.index,
+                self.seed,
+            )
+
+    def check_readable(self) -> None:
+        """Decode every image the run will use once, so a bad file fails before training.
+
+        Test sets stay cached for evaluation; decoded train images are dropped.
+        """
+        for task in self.stream:
+            self.test_set(task)
+        pool = np.concatenate([self.stream.train_indices(task) for task in self.stream])
+        self.splits.train.take(pool)
+
+    def _client_train_set(self, task: Task, client: int, num_clients: int) -> InMemoryImages:
+        indices = self.client_indices(task, client, num_clients)
+        return _with_stream_labels(self.splits.train.take(indices), self.stream.train_labels[indices])
+
+    def _test_set(self, task: Task) -> InMemoryImages:
+        indices = self.stream.test_indices(task)
+        return _with_stream_labels(self.splits.test.take(indices), self.stream.test_labels[indices])
+
+
+def _with_stream_labels(images: InMemoryImages, stream_labels: np.ndarray) -> InMemoryImages:
+    return InMemoryImages(images.images, stream_labels)

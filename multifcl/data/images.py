@@ -1,0 +1,82 @@
+"""Labelled image collections: in memory, or as files decoded on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """A data set or file cannot be used; the message names the key or file at fault."""
+
+
+class LabelledImages(Protocol):
+    """Images with integer labels; images are uint8 tensors shaped (N, 3, H, W)."""
+
+    labels: np.ndarray
+
+    def take(self, indices: np.ndarray) -> InMemoryImages:
+        """The images at `indices`, decoded, with their labels."""
+        ...
+
+
+@dataclass
+class InMemoryImages:
+    """Decoded images (uint8, N x 3 x H x W) and their labels."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 N x 3 x H x W, got {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: np.ndarray) -> InMemoryImages:
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return InMemoryImages(self.images[index], self.labels[np.asarray(indices, dtype=np.int64)])
+
+
+@dataclass
+class ImageFiles:
+    """Image files with labels; decoded only when taken, so a client reads only its slice."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    fallback_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: np.ndarray) -> InMemoryImages:
+        indices = np.asarray(indices, dtype=np.int64)
+        arrays = [decode_image(self.paths[i]) for i in indices]
+        return InMemoryImages(stack_images(arrays, self.fallback_size), self.labels[indices])
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode one file to an RGB uint8 array (H x W x 3), naming the file when it fails."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DataError(f"image file {str(path)!r} cannot be read: {error}") from None
+
+
+def stack_images(arrays: list[np.ndarray], fallback_size: int) -> torch.Tensor:
+    """Stack H x W x 3 arrays into N x 3 x H x W; images of mixed sizes are resized first."""
+    if not arrays:
+        return torch.zeros((0, 3, fallback_size, fallback_size), dtype=torch.uint8)
+    if len({array.shape for array in arrays}) > 1:
+        size = (fallback_size, fallback_size)
+        arrays = [np.asarray(Image.fromarray(a).resize(size, Image.BILINEAR)) for a in arrays]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

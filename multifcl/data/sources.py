@@ -1,0 +1,156 @@
+"""Data set sources: each turns the config into train and test splits with class names.
+
+Labels here are the source's own class ids; `TaskStream` maps them to stream order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.data.images import DataError, ImageFiles, InMemoryImages, LabelledImages
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0  # part of the data set's definition, not of the experiment
+SYNTHETIC_CLASSES, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_SIZE = 10, 48, 16, 16
+CIFAR100_HUB_ID = "uoft-cs/cifar100"
+
+
+@dataclass
+class DatasetSplits:
+    """A data set's train and test splits and its human-readable class names."""
+
+    train: LabelledImages
+    test: LabelledImages
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """Load the configured data set; `image_size` is used for files of mixed sizes."""
+    return SOURCES[config.dataset](config, image_size)
+
+
+def load_digits_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """scikit-learn's 1,797 8x8 digits (shipped with the package), as grey RGB images."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = torch.from_numpy(images)[:, None].repeat(1, 3, 1, 1)
+    labels = digits.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    every = InMemoryImages(images, labels)
+    return DatasetSplits(every.take(train_idx), every.take(test_idx), list(DIGIT_NAMES))
+
+
+def load_synthetic_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """Class-conditional images made in memory: a fixed random pattern per class plus noise."""
+    generator = torch.Generator().manual_seed(config.seed)
+    shape = (SYNTHETIC_CLASSES, 3, SYNTHETIC_SIZE, SYNTHETIC_SIZE)
+    patterns = torch.rand(shape, generator=generator) * 255.0
+
+    def make(per_class: int) -> InMemoryImages:
+        labels = np.repeat(np.arange(SYNTHETIC_CLASSES), per_class)
+        noise = torch.randn((len(labels), *shape[1:]), generator=generator) * 40.0
+        images = (patterns[torch.as_tensor(labels)] + noise).clamp(0, 255).to(torch.uint8)
+        return InMemoryImages(images, labels.astype(np.int64))
+
+    names = [f"pattern {index}" for index in range(SYNTHETIC_CLASSES)]
+    return DatasetSplits(make(SYNTHETIC_TRAIN), make(SYNTHETIC_TEST), names)
+
+
+def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """`data-root/train/<class>/*` and `data-root/test/<class>/*`; class names from folders."""
+    root = _require_data_root(config)
+    train_classes = _class_folders(root / "train")
+    test_classes = _class_folders(root / "test")
+    if train_classes != test_classes:
+        missing = sorted(set(train_classes) ^ set(test_classes))
+        raise DataError(
+            f"data-root {str(root)!r}: train/ and test/ have different class folders ({missing})"
+        )
+    splits = [_list_image_files(root / name, train_classes, image_size) for name in ("train", "test")]
+    return DatasetSplits(splits[0], splits[1], train_classes)
+
+
+def load_cifar100_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """CIFAR-100 from Hugging Face (`uoft-cs/cifar100`), fine labels and official names.
+
+    `data-root`, when set, is either a copy saved with `DatasetDict.save_to_disk` or the
+    cache folder for the download.
+    """
+    import datasets
+
+    root = config.data_root
+    if root is not None and (root / "dataset_dict.json").is_file():
+        dataset = datasets.load_from_disk(str(root))
+    else:
+        try:
+            dataset = datasets.load_dataset(
+                CIFAR100_HUB_ID, cache_dir=str(root) if root is not None else None
+            )
+        except Exception as error:  # noqa: BLE001 - surface any download failure as one line
+            raise DataError(f"dataset 'cifar100': cannot load {CIFAR100_HUB_ID!r}: {error}") from None
+    names = list(dataset["train"].features["fine_label"].names)
+    return DatasetSplits(_hf_images(dataset["train"]), _hf_images(dataset["test"]), names)
+
+
+def _hf_images(split) -> InMemoryImages:
+    image_column = "img" if "img" in split.column_names else "image"
+    arrays = [np.asarray(image.convert("RGB")) for image in split[image_column]]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return InMemoryImages(images, np.asarray(split["fine_label"], dtype=np.int64))
+
+
+def _require_data_root(config: ExperimentConfig) -> Path:
+    if config.data_root is None:
+        raise ConfigError(f"run config key 'data-root': dataset {config.dataset!r} needs a folder")
+    return config.data_root
+
+
+def _class_folders(split_root: Path) -> list[str]:
+    if not split_root.is_dir():
+        raise DataError(f"data-root: folder {str(split_root)!r} does not exist")
+    names = sorted(entry.name for entry in split_root.iterdir() if entry.is_dir())
+    if not names:
+        raise DataError(f"data-root: folder {str(split_root)!r} has no class folders")
+    return names
+
+
+def _list_image_files(split_root: Path, class_names: list[str], image_size: int) -> ImageFiles:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        files = sorted(
+            path for path in (split_root / name).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise DataError(f"data-root: class folder {str(split_root / name)!r} has no images")
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return ImageFiles(paths, np.asarray(labels, dtype=np.int64), image_size)
+
+
+SOURCES: dict[str, Callable[[ExperimentConfig, int], DatasetSplits]] = {
+    "digits": load_digits_splits,
+    "synthetic": load_synthetic_splits,
+    "imagefolder": load_imagefolder_splits,
+    "cifar100": load_cifar100_splits,
+}

@@ -1,0 +1,29 @@
+"""Everything a process needs to take part in a run, built once per process and reused:
+the data stream, the frozen backbone and the method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from multifcl.backbones import VisionBackbone, load_backbone
+from multifcl.config import ExperimentConfig
+from multifcl.data import FederatedStream, load_splits
+from multifcl.methods import Method, build_method
+
+
+@dataclass
+class Experiment:
+    config: ExperimentConfig
+    backbone: VisionBackbone
+    data: FederatedStream
+    method: Method
+
+
+@lru_cache(maxsize=2)
+def load_experiment(config: ExperimentConfig) -> Experiment:
+    """Build (or reuse, within this process) the experiment for `config`."""
+    backbone = load_backbone(config.backbone, config.device)
+    data = FederatedStream(load_splits(config, backbone.image_size), config)
+    method = build_method(config, backbone, data.stream.num_classes)
+    return Experiment(config, backbone, data, method)

@@ -1,0 +1,21 @@
+"""Methods by name: adding one means one module here and one line in `METHODS`."""
+
+from __future__ import annotations
+
+from multifcl.backbones import VisionBackbone
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.methods.base import ClientUpdate, Method, State
+from multifcl.methods.finetune import FinetuneMethod
+from multifcl.methods.prototypes import PrototypesMethod
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (PrototypesMethod, FinetuneMethod)}
+
+
+def build_method(config: ExperimentConfig, backbone: VisionBackbone, num_classes: int) -> Method:
+    """The configured method over `backbone`."""
+    if config.method not in METHODS:
+        raise ConfigError(f"run config key 'method': unknown method {config.method!r}")
+    return METHODS[config.method](config, backbone, num_classes)
+
+
+__all__ = ["ClientUpdate", "METHODS", "Method", "State", "build_method"]

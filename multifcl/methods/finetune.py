@@ -1,0 +1,85 @@
+"""Fine-tuning: a linear head and the backbone's last block, trained with FedAvg.
+
+Nothing protects old classes, so this is the forgetting lower bound. The trained copy of
+the last block lives in the method, so the shared backbone stays untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multifcl.aggregation import weighted_average
+from multifcl.backbones import VisionBackbone
+from multifcl.backbones.vision_transformer import run_block
+from multifcl.data import InMemoryImages, Task
+from multifcl.methods.base import ClientUpdate, Method, State, batches
+
+MOMENTUM = 0.9
+
+
+class TrainableTop(nn.Module):
+    """The frozen trunk, then a trainable copy of the last block, final norm and a linear head."""
+
+    def __init__(self, backbone: VisionBackbone, num_classes: int, seed: int) -> None:
+        super().__init__()
+        self.trunk = [backbone]  # a list keeps the shared backbone out of this state_dict
+        self.block = copy.deepcopy(backbone.blocks[-1]).requires_grad_(True)
+        self.final_norm = copy.deepcopy(backbone.final_norm).requires_grad_(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.head = nn.Linear(backbone.feature_dim, num_classes)
+        self.to(backbone.device)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        backbone = self.trunk[0]
+        with torch.no_grad():
+            hidden = backbone.tokens_before(pixels, backbone.num_blocks - 1)
+        hidden = run_block(self.block, hidden)
+        return self.head(self.final_norm(hidden[:, 0]))
+
+
+class FinetuneMethod(Method):
+    name = "finetune"
+
+    def __init__(self, config, backbone, num_classes) -> None:
+        super().__init__(config, backbone, num_classes)
+        self.model = TrainableTop(backbone, num_classes, config.seed)
+        self.model.eval()  # no dropout: runs are reproducible from the seed
+
+    def initial_state(self) -> State:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def _load(self, state: State) -> None:
+        device = self.backbone.device
+        self.model.load_state_dict({k: torch.from_numpy(v).to(device) for k, v in state.items()})
+
+    def train_client(self, state: State, data: InMemoryImages, task: Task, seed: int) -> ClientUpdate:
+        self._load(state)
+        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=MOMENTUM)
+        generator = torch.Generator().manual_seed(seed)
+        seen = task.seen_classes.stop
+        total_loss, total_seen = 0.0, 0
+        for _ in range(self.config.local_epochs):
+            for images, labels in batches(data, self.config.batch_size, generator):
+                logits = self.model(self.backbone.preprocess(images))[:, :seen]
+                loss = F.cross_entropy(logits, labels.to(logits.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(labels)
+                total_seen += len(labels)
+        return ClientUpdate(
+            self.initial_state(), num_examples=len(data), train_loss=total_loss / max(total_seen, 1)
+        )
+
+    def merge(self, state: State, updates: list[ClientUpdate]) -> State:
+        return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
+
+    def classifier(self, state: State) -> nn.Module:
+        self._load(state)
+        return self.model

@@ -1,0 +1,116 @@
+"""Writes a run's results: config.json, rounds.csv, metrics.json and accuracy.png.
+
+metrics.json and the plot are rewritten after every task (atomically), so an
+interrupted run still leaves consistent results for the tasks it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.metrics import RoundRecord, summarize
+
+FORMULAS = {
+    "a[t][j]": "accuracy (%) on task j's test set after training task t (0-based)",
+    "A_t": "mean over j <= t of a[t][j]",
+    "last": "A_{T-1}",
+    "avg": "mean over t of A_t",
+    "forgetting": "mean over j < T-1 of (max over l in [j, T-2] of a[l][j]) - a[T-1][j]",
+    "forgetting_first_task": "a[0][0] - a[T-1][0] (the MultiFCL paper's F)",
+    "bwt": "mean over j < T-1 of a[T-1][j] - a[j][j]",
+}
+
+
+def default_output_dir(config: ExperimentConfig, base: Path, now: datetime | None = None) -> Path:
+    """`base/runs/<timestamp>-<method>`."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return (base / "runs" / f"{stamp}-{config.method}").resolve()
+
+
+class RunDirectory:
+    """One run's output folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+        if (self.path / "metrics.json").exists():
+            raise ConfigError(
+                f"run config key 'output-dir': {str(self.path)!r} already holds a run "
+                "(metrics.json); choose another folder"
+            )
+
+    def start(self, config: ExperimentConfig, extra: dict) -> None:
+        """Create the folder and write config.json and the rounds.csv header."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        payload = {**config.to_run_config(), **extra}
+        _write_atomic(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
+        with open(self.path / "rounds.csv", "w", newline="") as handle:
+            csv.writer(handle).writerow(RoundRecord.columns())
+
+    def append_round(self, record: RoundRecord) -> None:
+        with open(self.path / "rounds.csv", "a", newline="") as handle:
+            csv.writer(handle).writerow(record.as_row())
+
+    def write_metrics(
+        self,
+        cil: list[list[float]],
+        til: list[list[float]],
+        cil_all_seen: list[float],
+        num_tasks: int,
+    ) -> dict:
+        """Write metrics.json and accuracy.png for the stages so far; return the metrics."""
+        summary = summarize(cil)
+        metrics = {
+            "accuracy_matrix": _square(cil, num_tasks),
+            "til_accuracy_matrix": _square(til, num_tasks),
+            **summary.as_dict(),
+            "til": summarize(til).as_dict(),
+            "accuracy_all_seen_classes": cil_all_seen,
+            "tasks_finished": len(cil),
+            "num_tasks": num_tasks,
+            "units": "percent",
+            "formulas": FORMULAS,
+        }
+        _write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        self._plot(cil, summary.stage_accuracy)
+        return metrics
+
+    def _plot(self, cil: list[list[float]], stages: list[float]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(6, 4))
+        steps = list(range(1, len(cil) + 1))
+        for task in range(len(cil)):
+            axis.plot(steps[task:], [row[task] for row in cil[task:]], marker="o", label=f"task {task + 1}")
+        axis.plot(steps, stages, color="black", linewidth=2.5, marker="s", label="A_t (mean)")
+        axis.set(xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps)
+        axis.legend(fontsize=7, ncol=2)
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        handle, temporary = tempfile.mkstemp(suffix=".png", dir=self.path)
+        os.close(handle)
+        figure.savefig(temporary, dpi=120)
+        plt.close(figure)
+        os.replace(temporary, self.path / "accuracy.png")
+
+
+def _square(rows: list[list[float]], size: int) -> list[list[float | None]]:
+    """The matrix as size x size with None where a[t][j] is not defined (j > t or not run)."""
+    return [
+        [rows[t][j] if t < len(rows) and j <= t else None for j in range(size)] for t in range(size)
+    ]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)

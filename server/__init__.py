@@ -1,0 +1,1 @@
+"""The Flower ServerApp: the task loop, evaluation and results."""

@@ -1,0 +1,5 @@
+"""Flower strategies: what is aggregated, and how."""
+
+from strategies.continual import ContinualStrategy
+
+__all__ = ["ContinualStrategy"]
