@@ -145,7 +145,7 @@ def _from_pretrained(name: str) -> nn.Module:
             return CLIPVisionModel.from_pretrained(name)
         if model_type == "vit":
             return ViTModel.from_pretrained(name, add_pooling_layer=False)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"run config key 'backbone': cannot load {name!r}: {first_line}") from None
     raise ConfigError(
