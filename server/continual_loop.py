@@ -18,6 +18,7 @@ from strategies import ContinualStrategy
 from strategies.records import record_to_state, state_to_record
 
 NODE_WAIT_SECONDS = 120.0
+NODE_SETTLE_SECONDS = 1.0
 ROUND_TIMEOUT_SECONDS = 24 * 3600.0
 
 
@@ -78,12 +79,16 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
 
 
 def _wait_for_nodes(grid: Grid) -> int:
-    """The number of connected nodes, waiting for the first one to appear."""
+    """The number of connected nodes, once at least one is there and the count holds steady.
+
+    In simulation the ServerApp can start before the SuperNodes have registered.
+    """
     deadline = time.monotonic() + NODE_WAIT_SECONDS
-    while True:
+    previous = -1
+    while time.monotonic() < deadline:
         count = len(list(grid.get_node_ids()))
-        if count:
+        if count and count == previous:
             return count
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no client node connected within {NODE_WAIT_SECONDS:.0f} s")
-        time.sleep(1.0)
+        previous = count
+        time.sleep(NODE_SETTLE_SECONDS)
+    raise RuntimeError(f"no client node connected within {NODE_WAIT_SECONDS:.0f} s")
