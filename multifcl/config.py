@@ -7,9 +7,10 @@ Errors are one line and name the key and the value at fault.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DATASETS = ("digits", "imagefolder", "cifar100", "synthetic")
 PARTITIONS = ("dirichlet", "quality", "iid")

@@ -25,7 +25,9 @@ class StageAccuracy:
 
 
 @torch.no_grad()
-def evaluate_seen_tasks(method: Method, state: State, data: FederatedStream, current: Task) -> StageAccuracy:
+def evaluate_seen_tasks(
+    method: Method, state: State, data: FederatedStream, current: Task
+) -> StageAccuracy:
     """Evaluate `state` on every task up to and including `current`."""
     classifier = method.classifier(state)
     backbone = method.backbone

@@ -40,16 +40,33 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
             "class-names": stream.class_names,
         },
     )
-    log(INFO, "multifcl: %s on %s, %d tasks x %d rounds, %d clients -> %s",
-        config.method, config.dataset, stream.num_tasks, config.rounds_per_task, num_clients,
-        run_dir.path)
+    log(
+        INFO,
+        "multifcl: %s on %s, %d tasks x %d rounds, %d clients -> %s",
+        config.method,
+        config.dataset,
+        stream.num_tasks,
+        config.rounds_per_task,
+        num_clients,
+        run_dir.path,
+    )
 
     def on_round(record) -> None:
         run_dir.append_round(record)
         loss = "" if record.train_loss is None else f", train loss {record.train_loss:.4f}"
-        log(INFO, "task %d/%d round %d/%d: %d clients, %.1f s, up %d B, down %d B%s",
-            record.task, stream.num_tasks, record.round, config.rounds_per_task, record.clients,
-            record.seconds, record.bytes_up, record.bytes_down, loss)
+        log(
+            INFO,
+            "task %d/%d round %d/%d: %d clients, %.1f s, up %d B, down %d B%s",
+            record.task,
+            stream.num_tasks,
+            record.round,
+            config.rounds_per_task,
+            record.clients,
+            record.seconds,
+            record.bytes_up,
+            record.bytes_down,
+            loss,
+        )
 
     strategy = ContinualStrategy(experiment.method, on_round=on_round)
     state = experiment.method.initial_state()
@@ -70,9 +87,15 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
         til.append(stage.til)
         all_seen.append(stage.cil_all_seen)
         metrics = run_dir.write_metrics(cil, til, all_seen, stream.num_tasks)
-        log(INFO, "task %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
-            task.index + 1, stream.num_tasks, time.perf_counter() - started,
-            [round(a, 1) for a in stage.cil], metrics["stage_accuracy"][-1])
+        log(
+            INFO,
+            "task %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
+            task.index + 1,
+            stream.num_tasks,
+            time.perf_counter() - started,
+            [round(a, 1) for a in stage.cil],
+            metrics["stage_accuracy"][-1],
+        )
     print_summary(metrics, f"{config.method} on {config.dataset}")
     log(INFO, "multifcl: results in %s", run_dir.path)
     return metrics

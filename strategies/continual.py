@@ -38,7 +38,9 @@ class ContinualStrategy(Strategy):
         Called with a `RoundRecord` (bytes each way, seconds, loss) after each round.
     """
 
-    def __init__(self, method: Method, on_round: Callable[[RoundRecord], None] | None = None) -> None:
+    def __init__(
+        self, method: Method, on_round: Callable[[RoundRecord], None] | None = None
+    ) -> None:
         self.method = method
         self.on_round = on_round
         self._state = None
@@ -79,7 +81,9 @@ class ContinualStrategy(Strategy):
             updates.append(content_to_update(reply.content))
         failures = self._sent - len(updates)
         for reason in reasons:
-            log(WARNING, "task %d round %d: client failed: %s", self._task + 1, server_round, reason)
+            log(
+                WARNING, "task %d round %d: client failed: %s", self._task + 1, server_round, reason
+            )
         if not updates:
             raise ClientFailure(
                 f"task {self._task + 1} round {server_round}: no client returned an update "
@@ -87,9 +91,7 @@ class ContinualStrategy(Strategy):
             )
         merged = self.method.merge(self._state, updates)
         losses = [(u.train_loss, u.num_examples) for u in updates if u.train_loss is not None]
-        loss = (
-            sum(value * n for value, n in losses) / sum(n for _, n in losses) if losses else None
-        )
+        loss = sum(value * n for value, n in losses) / sum(n for _, n in losses) if losses else None
         record = RoundRecord(
             task=self._task + 1,
             round=server_round,
@@ -112,5 +114,7 @@ class ContinualStrategy(Strategy):
     ) -> Iterable[Message]:
         return []  # the server evaluates the global state itself, after each task
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         return None

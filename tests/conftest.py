@@ -12,21 +12,23 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from multifcl.config import ExperimentConfig
 
-TINY = dict(
-    dataset="synthetic",
-    backbone="vit-tiny",
-    num_tasks=2,
-    rounds_per_task=2,
-    local_epochs=1,
-    batch_size=16,
-    partition="iid",
-)
+TINY = {
+    "dataset": "synthetic",
+    "backbone": "vit-tiny",
+    "num_tasks": 2,
+    "rounds_per_task": 2,
+    "local_epochs": 1,
+    "batch_size": 16,
+    "partition": "iid",
+}
 
 
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp handlers called in this process (no Ray, no SuperLink)."""
 
-    def __init__(self, handler: Callable[[Message, Context], Message], run_config: dict, num_nodes: int):
+    def __init__(
+        self, handler: Callable[[Message, Context], Message], run_config: dict, num_nodes: int
+    ):
         self.handler = handler
         self.contexts = {
             1000 + node: Context(
@@ -49,7 +51,9 @@ class InProcessGrid(Grid):
         return self._run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
@@ -68,7 +72,7 @@ class InProcessGrid(Grid):
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 replies.append(self.handler(message, context))
-            except Exception as error:  # what Flower does with a ClientApp exception
+            except Exception as error:  # noqa: BLE001 - Flower turns any ClientApp error into a reply
                 replies.append(Message(Error(code=0, reason=repr(error)), reply_to=message))
         return replies
 

@@ -10,8 +10,14 @@ from multifcl.backbones.vision_transformer import VisionBackbone
 from multifcl.config import ConfigError
 from tests.test_config import one_line_error
 
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-            image_size=32, patch_size=8)
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
 
 
 def images(n=3, size=20):

@@ -23,15 +23,28 @@ def test_two_tasks_two_rounds_two_clients(method, tiny_config, tmp_path):
     metrics = run_continual_learning(grid, config, base_dir=tmp_path)
 
     run = config.output_dir
-    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.json", "rounds.csv", "accuracy.png"}
+    assert {p.name for p in run.iterdir()} >= {
+        "config.json",
+        "metrics.json",
+        "rounds.csv",
+        "accuracy.png",
+    }
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["accuracy_matrix"][0][1] is None and saved["accuracy_matrix"][1][0] is not None
     assert len(saved["til_accuracy_matrix"]) == 2 and saved == json.loads(json.dumps(metrics))
-    rows = list(csv.DictReader(open(run / "rounds.csv")))
-    assert [(r["task"], r["round"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    rows = list(csv.DictReader((run / "rounds.csv").open()))
+    assert [(r["task"], r["round"]) for r in rows] == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("2", "2"),
+    ]
     assert all(int(r["bytes_up"]) > 0 and int(r["bytes_down"]) > 0 for r in rows)
     assert all(r["clients"] == "2" and r["failures"] == "0" for r in rows)
-    sent = [(m.metadata.dst_node_id, m.content[CONFIG]["task"], m.content[CONFIG]["round"]) for m in grid.sent]
+    sent = [
+        (m.metadata.dst_node_id, m.content[CONFIG]["task"], m.content[CONFIG]["round"])
+        for m in grid.sent
+    ]
     assert sent == [(n, t, r) for t in (0, 1) for r in (1, 2) for n in (1000, 1001)]
     # the synthetic classes are easy: the current task is learned well by both methods
     assert saved["accuracy_matrix"][1][1] > 60.0
@@ -70,7 +83,7 @@ def test_failing_client_is_recorded_and_the_round_merges_the_others(tiny_config,
 
     grid = InProcessGrid(flaky, config.to_run_config(), num_nodes=2)
     run_continual_learning(grid, config, base_dir=tmp_path)
-    rows = list(csv.DictReader(open(config.output_dir / "rounds.csv")))
+    rows = list(csv.DictReader((config.output_dir / "rounds.csv").open()))
     assert [(r["clients"], r["failures"]) for r in rows] == [("1", "1"), ("1", "1")]
 
 
@@ -80,7 +93,9 @@ def test_finetune_merge_is_the_sample_weighted_mean(tiny_config):
     method, data = experiment.method, experiment.data
     state = method.initial_state()
     task = data.stream.task(0)
-    updates = [method.train_client(state, data.client_train_set(task, c, 3), task, c) for c in range(3)]
+    updates = [
+        method.train_client(state, data.client_train_set(task, c, 3), task, c) for c in range(3)
+    ]
     merged = method.merge(state, updates)
     weights = np.array([u.num_examples for u in updates], float)
     expected = sum(w * u.arrays["head.weight"] for w, u in zip(weights, updates)) / weights.sum()

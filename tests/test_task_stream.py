@@ -30,7 +30,7 @@ def test_tasks_are_equal_and_disjoint_and_cover_every_class():
         labels = stream.train_labels[stream.train_indices(task)]
         assert sorted(set(labels)) == list(task.classes)
         assert len(task.classes) == 5
-        assert task.seen_classes == range(0, task.classes.stop)
+        assert task.seen_classes == range(task.classes.stop)
         seen.extend(stream.class_order[list(task.classes)])
     assert sorted(seen) == list(range(20))
 

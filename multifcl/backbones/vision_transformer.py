@@ -88,7 +88,9 @@ class VisionBackbone(nn.Module):
             self(self.preprocess(images[start : start + batch_size]))
             for start in range(0, len(images), batch_size)
         ]
-        return torch.cat(batches) if batches else torch.zeros(0, self.feature_dim, device=self.device)
+        return (
+            torch.cat(batches) if batches else torch.zeros(0, self.feature_dim, device=self.device)
+        )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The final image feature: CLS after the last block and the final norm."""
@@ -118,7 +120,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run config key 'device': 'cuda' asked for, but no CUDA device is visible")
+        raise ConfigError(
+            "run config key 'device': 'cuda' asked for, but no CUDA device is visible"
+        )
     return torch.device(device)
 
 
@@ -146,8 +150,12 @@ def _from_pretrained(name: str) -> nn.Module:
         if model_type == "vit":
             return ViTModel.from_pretrained(name, add_pooling_layer=False)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"run config key 'backbone': cannot load {name!r}: {first_line}") from None
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise ConfigError(
+            f"run config key 'backbone': cannot load {name!r}: {first_line}"
+        ) from None
     raise ConfigError(
         f"run config key 'backbone': {name!r} is a {model_type!r} model; use a ViT or CLIP model"
     )

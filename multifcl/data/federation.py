@@ -54,7 +54,9 @@ class FederatedStream:
 
     def _client_train_set(self, task: Task, client: int, num_clients: int) -> InMemoryImages:
         indices = self.client_indices(task, client, num_clients)
-        return _with_stream_labels(self.splits.train.take(indices), self.stream.train_labels[indices])
+        return _with_stream_labels(
+            self.splits.train.take(indices), self.stream.train_labels[indices]
+        )
 
     def _test_set(self, task: Task) -> InMemoryImages:
         indices = self.stream.test_indices(task)

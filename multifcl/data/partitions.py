@@ -24,7 +24,9 @@ class Partition(ABC):
     def split(self, labels: np.ndarray, num_clients: int, task: int, seed: int) -> list[np.ndarray]:
         """Positions into `labels` for each client, each sorted; raises if a client is empty."""
         if num_clients < 1:
-            raise DataError(f"partition {self.name!r}: needs at least one client, got {num_clients}")
+            raise DataError(
+                f"partition {self.name!r}: needs at least one client, got {num_clients}"
+            )
         rng = np.random.default_rng([seed, task, num_clients])
         parts = [np.sort(part) for part in self._split(labels, num_clients, rng)]
         for client, part in enumerate(parts):

@@ -5,9 +5,9 @@ Labels here are the source's own class ids; `TaskStream` maps them to stream ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -86,7 +86,9 @@ def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> Datase
         raise DataError(
             f"data-root {str(root)!r}: train/ and test/ have different class folders ({missing})"
         )
-    splits = [_list_image_files(root / name, train_classes, image_size) for name in ("train", "test")]
+    splits = [
+        _list_image_files(root / name, train_classes, image_size) for name in ("train", "test")
+    ]
     return DatasetSplits(splits[0], splits[1], train_classes)
 
 
@@ -107,7 +109,9 @@ def load_cifar100_splits(config: ExperimentConfig, image_size: int) -> DatasetSp
                 CIFAR100_HUB_ID, cache_dir=str(root) if root is not None else None
             )
         except Exception as error:  # noqa: BLE001 - surface any download failure as one line
-            raise DataError(f"dataset 'cifar100': cannot load {CIFAR100_HUB_ID!r}: {error}") from None
+            raise DataError(
+                f"dataset 'cifar100': cannot load {CIFAR100_HUB_ID!r}: {error}"
+            ) from None
     names = list(dataset["train"].features["fine_label"].names)
     return DatasetSplits(_hf_images(dataset["train"]), _hf_images(dataset["test"]), names)
 

@@ -46,7 +46,9 @@ class TaskStream:
         self.class_names = [splits.class_names[c] for c in self.class_order]
         self.train_labels = self._stream_label[splits.train.labels]
         self.test_labels = self._stream_label[splits.test.labels]
-        self._train_pool = _cap_per_class(self.train_labels, config.max_train_per_class, config.seed)
+        self._train_pool = _cap_per_class(
+            self.train_labels, config.max_train_per_class, config.seed
+        )
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +58,7 @@ class TaskStream:
         if not 0 <= index < self.num_tasks:
             raise IndexError(f"task {index} is outside the stream of {self.num_tasks} tasks")
         k = self.classes_per_task
-        return Task(index, range(index * k, (index + 1) * k), range(0, (index + 1) * k))
+        return Task(index, range(index * k, (index + 1) * k), range((index + 1) * k))
 
     def __iter__(self):
         return (self.task(index) for index in range(self.num_tasks))

@@ -18,4 +18,4 @@ def build_method(config: ExperimentConfig, backbone: VisionBackbone, num_classes
     return METHODS[config.method](config, backbone, num_classes)
 
 
-__all__ = ["ClientUpdate", "METHODS", "Method", "State", "build_method"]
+__all__ = ["METHODS", "ClientUpdate", "Method", "State", "build_method"]

@@ -32,7 +32,9 @@ class Method(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, config: ExperimentConfig, backbone: VisionBackbone, num_classes: int) -> None:
+    def __init__(
+        self, config: ExperimentConfig, backbone: VisionBackbone, num_classes: int
+    ) -> None:
         self.config = config
         self.backbone = backbone
         self.num_classes = num_classes
@@ -42,7 +44,9 @@ class Method(ABC):
         """The global state before the first round (the same in every process)."""
 
     @abstractmethod
-    def train_client(self, state: State, data: InMemoryImages, task: Task, seed: int) -> ClientUpdate:
+    def train_client(
+        self, state: State, data: InMemoryImages, task: Task, seed: int
+    ) -> ClientUpdate:
         """Train on one client's data of `task`, starting from the global `state`."""
 
     @abstractmethod

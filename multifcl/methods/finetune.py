@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,7 +57,9 @@ class FinetuneMethod(Method):
         device = self.backbone.device
         self.model.load_state_dict({k: torch.from_numpy(v).to(device) for k, v in state.items()})
 
-    def train_client(self, state: State, data: InMemoryImages, task: Task, seed: int) -> ClientUpdate:
+    def train_client(
+        self, state: State, data: InMemoryImages, task: Task, seed: int
+    ) -> ClientUpdate:
         self._load(state)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=MOMENTUM)
         generator = torch.Generator().manual_seed(seed)

@@ -26,7 +26,9 @@ class PrototypesMethod(Method):
             "class-counts": np.zeros(self.num_classes, np.float32),
         }
 
-    def train_client(self, state: State, data: InMemoryImages, task: Task, seed: int) -> ClientUpdate:
+    def train_client(
+        self, state: State, data: InMemoryImages, task: Task, seed: int
+    ) -> ClientUpdate:
         features = self.backbone.encode(data.images, self.config.batch_size).double().cpu()
         labels = torch.as_tensor(data.labels)
         classes = torch.unique(labels)

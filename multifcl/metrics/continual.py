@@ -38,9 +38,10 @@ def summarize(matrix: list[list[float]]) -> ContinualMetrics:
     if final == 0:
         return ContinualMetrics(stages[0], stages[0], 0.0, 0.0, 0.0, stages)
     old_tasks = range(final)
-    forgetting = sum(
-        max(matrix[l][j] for l in range(j, final)) - matrix[final][j] for j in old_tasks
-    ) / final
+    forgetting = (
+        sum(max(matrix[l][j] for l in range(j, final)) - matrix[final][j] for j in old_tasks)
+        / final
+    )
     bwt = sum(matrix[final][j] - matrix[j][j] for j in old_tasks) / final
     return ContinualMetrics(
         last=stages[final],

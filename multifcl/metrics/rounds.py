@@ -23,4 +23,6 @@ class RoundRecord:
         return [field.name for field in fields(cls)]
 
     def as_row(self) -> list:
-        return ["" if value is None else value for value in (getattr(self, c) for c in self.columns())]
+        return [
+            "" if value is None else value for value in (getattr(self, c) for c in self.columns())
+        ]

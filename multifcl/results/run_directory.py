@@ -89,9 +89,16 @@ class RunDirectory:
         figure, axis = plt.subplots(figsize=(6, 4))
         steps = list(range(1, len(cil) + 1))
         for task in range(len(cil)):
-            axis.plot(steps[task:], [row[task] for row in cil[task:]], marker="o", label=f"task {task + 1}")
+            axis.plot(
+                steps[task:],
+                [row[task] for row in cil[task:]],
+                marker="o",
+                label=f"task {task + 1}",
+            )
         axis.plot(steps, stages, color="black", linewidth=2.5, marker="s", label="A_t (mean)")
-        axis.set(xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps)
+        axis.set(
+            xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps
+        )
         axis.legend(fontsize=7, ncol=2)
         axis.grid(alpha=0.3)
         figure.tight_layout()

@@ -1,0 +1,1 @@
+"""Benchmark and comparison scripts (not part of the test suite)."""
