@@ -1,0 +1,52 @@
+"""The run directory and the printed summary."""
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.results import RunDirectory, print_summary
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_metrics_json_marks_undefined_cells_and_keeps_formulas(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.start(ExperimentConfig(num_tasks=3), {"num-clients": 2})
+    metrics = run.write_metrics([[80.0], [60.0, 70.0]], [[90.0], [85.0, 88.0]], [80.0, 65.0], 3)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["accuracy_matrix"] == [[80.0, None, None], [60.0, 70.0, None], [None, None, None]]
+    assert saved["tasks_finished"] == 2 and saved["last"] == pytest.approx(65.0)
+    assert "forgetting" in saved["formulas"] and metrics["bwt"] == pytest.approx(-20.0)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["num-clients"] == 2
+    assert (tmp_path / "run" / "accuracy.png").stat().st_size > 0
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_summary_prints_the_matrix_and_metrics(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.start(ExperimentConfig(num_tasks=2), {})
+    metrics = run.write_metrics([[80.0], [60.0, 70.0]], [[90.0], [85.0, 88.0]], [80.0, 65.0], 2)
+    console = Console(record=True, width=120)
+    print_summary(metrics, "prototypes on digits", console=console)
+    text = console.export_text()
+    assert "a[t][j]" in text and "60.0" in text and "70.0" in text and "65.0" in text
+
+
+def test_output_dir_holding_a_run_is_refused(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="'output-dir'"):
+        RunDirectory(tmp_path)
+
+
+@pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_presets_use_known_keys_and_valid_values(preset, tmp_path):
+    values = tomllib.loads(preset.read_text())
+    if "data-root" in values:  # a preset's data path is the user's to set
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "train").mkdir()
+        values["data-root"] = str(tmp_path / "data")
+    ExperimentConfig.from_run_config(values)
