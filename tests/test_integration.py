@@ -119,3 +119,14 @@ def test_an_existing_run_is_not_overwritten(tiny_config, tmp_path):
     run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
     with pytest.raises(ConfigError, match="already holds a run"):
         run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
+
+
+def test_bad_data_stops_the_run_before_any_round_and_writes_nothing(tiny_config, tmp_path):
+    from multifcl.data import DataError
+
+    config = tiny_config(partition="iid")
+    grid = InProcessGrid(train, config.to_run_config(), num_nodes=300)  # more clients than samples
+    with pytest.raises(DataError, match="no samples"):
+        run_continual_learning(grid, config, base_dir=tmp_path)
+    assert grid.sent == []
+    assert not config.output_dir.exists()
