@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("digits", "imagefolder", "cifar100", "synthetic")
 PARTITIONS = ("dirichlet", "quality", "iid")
 DEVICES = ("auto", "cpu", "cuda")
-BACKBONE_PRESETS = ("vit-tiny",)
 
 
 class ConfigError(ValueError):
@@ -45,10 +43,11 @@ class ExperimentConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from multifcl.methods import METHODS  # the registry is the list of valid names
+        from multifcl.data.sources import SOURCES  # the registries are the valid names
+        from multifcl.methods import METHODS
 
         _check_choice("method", self.method, tuple(METHODS))
-        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("dataset", self.dataset, tuple(SOURCES))
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("device", self.device, DEVICES)
         for key in ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha"):

@@ -12,7 +12,7 @@ from clients.client_app import train
 from multifcl.config import ConfigError
 from multifcl.experiment import load_experiment
 from server.continual_loop import run_continual_learning
-from strategies.records import CONFIG
+from strategies.records import ARRAYS, CONFIG, record_to_state
 from tests.conftest import InProcessGrid
 
 
@@ -55,22 +55,16 @@ def test_federated_prototypes_equal_the_central_class_means(tiny_config):
     experiment = load_experiment(config)
     grid = InProcessGrid(train, config.to_run_config(), num_nodes=3)
     run_continual_learning(grid, config, base_dir=config.output_dir)
-    # recompute from all training data of both tasks in one place
+    # the state sent in the last round, against class means computed from all data in one place
+    last_sent = record_to_state(grid.sent[-1].content[ARRAYS])
     method, data = experiment.method, experiment.data
-    state = method.initial_state()
-    for task in data.stream:
-        update = method.train_client(state, data.client_train_set(task, 0, 1), task, seed=0)
-        state = method.merge(state, [update])
-    from strategies.records import record_to_state  # noqa: F401 - same arrays as on the wire
-
-    final_round_state = _last_state_sent(grid, experiment)
-    assert np.allclose(final_round_state["prototypes"][:5], state["prototypes"][:5], atol=1e-5)
-
-
-def _last_state_sent(grid, experiment):
-    from strategies.records import ARRAYS, record_to_state
-
-    return record_to_state(grid.sent[-1].content[ARRAYS])
+    central = method.initial_state()
+    task = data.stream.task(0)
+    central = method.merge(
+        central, [method.train_client(central, data.client_train_set(task, 0, 1), task, 0)]
+    )
+    assert np.allclose(last_sent["prototypes"][:5], central["prototypes"][:5], atol=1e-5)
+    assert np.array_equal(last_sent["class-counts"][:5], central["class-counts"][:5])
 
 
 def test_failing_client_is_recorded_and_the_round_merges_the_others(tiny_config, tmp_path):
@@ -130,3 +124,12 @@ def test_bad_data_stops_the_run_before_any_round_and_writes_nothing(tiny_config,
         run_continual_learning(grid, config, base_dir=tmp_path)
     assert grid.sent == []
     assert not config.output_dir.exists()
+
+
+def test_initial_state_does_not_move_with_training_in_the_same_process(tiny_config):
+    experiment = load_experiment(tiny_config(method="finetune"))
+    method, task = experiment.method, experiment.data.stream.task(0)
+    before = method.initial_state()
+    method.train_client(before, experiment.data.client_train_set(task, 0, 2), task, seed=3)
+    after = method.initial_state()
+    assert all(np.array_equal(before[key], after[key]) for key in before)

@@ -49,8 +49,12 @@ class FinetuneMethod(Method):
         super().__init__(config, backbone, num_classes)
         self.model = TrainableTop(backbone, num_classes, config.seed)
         self.model.eval()  # no dropout: runs are reproducible from the seed
+        self._initial_state = self._current_state()
 
     def initial_state(self) -> State:
+        return {key: value.copy() for key, value in self._initial_state.items()}
+
+    def _current_state(self) -> State:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def _load(self, state: State) -> None:
@@ -75,7 +79,9 @@ class FinetuneMethod(Method):
                 total_loss += loss.item() * len(labels)
                 total_seen += len(labels)
         return ClientUpdate(
-            self.initial_state(), num_examples=len(data), train_loss=total_loss / max(total_seen, 1)
+            self._current_state(),
+            num_examples=len(data),
+            train_loss=total_loss / max(total_seen, 1),
         )
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
