@@ -104,3 +104,15 @@ def test_shared_cifar10_image_folder():
     assert len(splits.train) == 50_000 and len(splits.test) == 10_000
     first = splits.test.take(np.array([0]))
     assert first.images.shape == (1, 3, 32, 32)
+
+
+def test_cifar100_download_failure_is_one_line(monkeypatch, tmp_path):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub\nsecond line of detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    config = ExperimentConfig(dataset="cifar100", data_root=tmp_path)
+    message = one_line_error(DataError, lambda: load_splits(config, 32))
+    assert "cannot load 'uoft-cs/cifar100': Couldn't reach the Hub" in message

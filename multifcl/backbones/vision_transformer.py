@@ -150,12 +150,8 @@ def _from_pretrained(name: str) -> nn.Module:
         if model_type == "vit":
             return ViTModel.from_pretrained(name, add_pooling_layer=False)
     except (OSError, ValueError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise ConfigError(
-            f"run config key 'backbone': cannot load {name!r}: {first_line}"
-        ) from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"run config key 'backbone': cannot load {name!r}: {reason}") from None
     raise ConfigError(
         f"run config key 'backbone': {name!r} is a {model_type!r} model; use a ViT or CLIP model"
     )

@@ -109,8 +109,9 @@ def load_cifar100_splits(config: ExperimentConfig, image_size: int) -> DatasetSp
                 CIFAR100_HUB_ID, cache_dir=str(root) if root is not None else None
             )
         except Exception as error:  # noqa: BLE001 - surface any download failure as one line
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise DataError(
-                f"dataset 'cifar100': cannot load {CIFAR100_HUB_ID!r}: {error}"
+                f"dataset 'cifar100': cannot load {CIFAR100_HUB_ID!r}: {reason}"
             ) from None
     names = list(dataset["train"].features["fine_label"].names)
     return DatasetSplits(_hf_images(dataset["train"]), _hf_images(dataset["test"]), names)
