@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -13,9 +15,15 @@ from strategies.records import ARRAYS, CONFIG, record_to_state, update_to_conten
 app = ClientApp()
 
 
+@lru_cache(maxsize=4)
+def _parse_config(run_config: tuple) -> ExperimentConfig:
+    """The run config is parsed once per process, not once per message."""
+    return ExperimentConfig.from_run_config(dict(run_config))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = ExperimentConfig.from_run_config(context.run_config)
+    config = _parse_config(tuple(sorted(context.run_config.items())))
     experiment = load_experiment(config)
     client = int(context.node_config["partition-id"])
     num_clients = int(context.node_config["num-partitions"])
