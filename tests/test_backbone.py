@@ -75,3 +75,22 @@ def test_unknown_backbone_is_one_line():
 def test_folder_without_a_model_is_one_line(tmp_path):
     message = one_line_error(ConfigError, lambda: load_backbone(str(tmp_path)))
     assert "'backbone': cannot load" in message
+
+
+def test_full_clip_checkpoint_loads_its_image_tower(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    text = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "vocab_size": 64,
+    }
+    full = CLIPModel(CLIPConfig(text_config=text, vision_config=TINY, projection_dim=8))
+    full.save_pretrained(tmp_path / "tiny-clip-full")
+    backbone = load_backbone(str(tmp_path / "tiny-clip-full"))
+    pixels = backbone.preprocess(images())
+    expected = full.vision_model(pixel_values=pixels).pooler_output
+    assert backbone.num_blocks == 3 and torch.allclose(backbone(pixels), expected, atol=1e-5)
