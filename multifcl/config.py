@@ -88,10 +88,6 @@ class ExperimentConfig:
             flat[field.name.replace("_", "-")] = str(value) if isinstance(value, Path) else value
         return flat
 
-    def replace(self, **changes: Any) -> ExperimentConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
 
 def _attribute(key: str) -> str:
     return key.replace("-", "_")
