@@ -12,6 +12,8 @@ from multifcl.data.partitions import make_partition
 from multifcl.data.sources import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
 
+READ_CHECK_CHUNK = 2048
+
 
 class FederatedStream:
     """A task stream split among clients; decoded slices are cached per process."""
@@ -50,7 +52,8 @@ class FederatedStream:
         for task in self.stream:
             self.test_set(task)
         pool = np.concatenate([self.stream.train_indices(task) for task in self.stream])
-        self.splits.train.take(pool)
+        for start in range(0, len(pool), READ_CHECK_CHUNK):  # chunks bound the memory used
+            self.splits.train.take(pool[start : start + READ_CHECK_CHUNK])
 
     def _client_train_set(self, task: Task, client: int, num_clients: int) -> InMemoryImages:
         indices = self.client_indices(task, client, num_clients)
