@@ -69,13 +69,12 @@ class ExperimentConfig:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
         """Build the config from a Flower run config (keys with dashes, flat values)."""
-        known = {field.name for field in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in run_config.items():
             name = _attribute(key)
-            if name not in known:
+            if name not in FIELD_TYPES:
                 raise ConfigError(f"run config key '{key}': unknown key")
-            values[name] = _convert(key, value, _field_types()[name])
+            values[name] = _convert(key, value, FIELD_TYPES[name])
         return cls(**values)
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
@@ -89,12 +88,11 @@ class ExperimentConfig:
         return flat
 
 
+FIELD_TYPES = {field.name: str(field.type) for field in dataclasses.fields(ExperimentConfig)}
+
+
 def _attribute(key: str) -> str:
     return key.replace("-", "_")
-
-
-def _field_types() -> dict[str, str]:
-    return {field.name: str(field.type) for field in dataclasses.fields(ExperimentConfig)}
 
 
 def _convert(key: str, value: Any, type_name: str) -> Any:

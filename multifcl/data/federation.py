@@ -26,23 +26,22 @@ class FederatedStream:
         self.client_train_set = lru_cache(maxsize=8)(self._client_train_set)
         self.test_set = lru_cache(maxsize=None)(self._test_set)
 
+    def client_parts(self, task: Task, num_clients: int) -> list[np.ndarray]:
+        """Indices into the train split held by each client in `task` (raises if one is empty)."""
+        pool = self.stream.train_indices(task)
+        labels = self.stream.train_labels[pool]
+        return [
+            pool[part] for part in self.partition.split(labels, num_clients, task.index, self.seed)
+        ]
+
     def client_indices(self, task: Task, client: int, num_clients: int) -> np.ndarray:
         """Indices into the train split of the samples `client` holds in `task`."""
-        pool = self.stream.train_indices(task)
-        parts = self.partition.split(
-            self.stream.train_labels[pool], num_clients, task.index, self.seed
-        )
-        return pool[parts[client]]
+        return self.client_parts(task, num_clients)[client]
 
     def check_clients(self, num_clients: int) -> None:
         """Raise before any training if some client would hold no samples in some task."""
         for task in self.stream:
-            self.partition.split(
-                self.stream.train_labels[self.stream.train_indices(task)],
-                num_clients,
-                task.index,
-                self.seed,
-            )
+            self.client_parts(task, num_clients)
 
     def check_readable(self) -> None:
         """Decode every image the run will use once, so a bad file fails before training.

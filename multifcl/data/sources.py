@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.config import ExperimentConfig
 from multifcl.data.images import DataError, ImageFiles, InMemoryImages, LabelledImages
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -78,7 +78,8 @@ def load_synthetic_splits(config: ExperimentConfig, image_size: int) -> DatasetS
 
 def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
     """`data-root/train/<class>/*` and `data-root/test/<class>/*`; class names from folders."""
-    root = _require_data_root(config)
+    root = config.data_root  # the config guarantees it for imagefolder
+    assert root is not None
     train_classes = _class_folders(root / "train")
     test_classes = _class_folders(root / "test")
     if train_classes != test_classes:
@@ -122,12 +123,6 @@ def _hf_images(split) -> InMemoryImages:
     arrays = [np.asarray(image.convert("RGB")) for image in split[image_column]]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return InMemoryImages(images, np.asarray(split["fine_label"], dtype=np.int64))
-
-
-def _require_data_root(config: ExperimentConfig) -> Path:
-    if config.data_root is None:
-        raise ConfigError(f"run config key 'data-root': dataset {config.dataset!r} needs a folder")
-    return config.data_root
 
 
 def _class_folders(split_root: Path) -> list[str]:
