@@ -14,6 +14,11 @@ from typing import Any
 
 PARTITIONS = ("dirichlet", "quality", "iid")
 DEVICES = ("auto", "cpu", "cuda")
+ADAPTERS = ("bottleneck", "lora")
+ADAPTER_POLICIES = ("first-task", "per-task")
+KD_WEIGHTINGS = ("entropy", "inverse-kl", "uniform")
+INFERENCES = ("final", "ensemble")
+PROTOTYPE_REFINES = ("running-mean", "halving")
 
 
 class ConfigError(ValueError):
@@ -41,6 +46,23 @@ class ExperimentConfig:
     max_train_per_class: int | None = None
     output_dir: Path | None = None
     device: str = "auto"
+    image_size: int = 0  # 0: the backbone's own input size
+    # MultiFCL (METHOD.md section 1); ignored by the other methods
+    adapter: str = "bottleneck"
+    adapter_rank: int = 8
+    adapter_policy: str = "first-task"
+    text_encoder: str = "auto"
+    text_init_topk: int = 1
+    prototype_refine: str = "running-mean"
+    num_experts: int = 4
+    temperature: float = 0.0625
+    kd_lambda: float = 0.5
+    kd_weighting: str = "entropy"
+    inference: str = "final"
+    use_adapters: bool = True
+    use_text_init: bool = True
+    use_experts: bool = True
+    use_self_kd: bool = True
 
     def __post_init__(self) -> None:
         from multifcl.data.sources import SOURCES  # the registries are the valid names
@@ -50,10 +72,24 @@ class ExperimentConfig:
         _check_choice("dataset", self.dataset, tuple(SOURCES))
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("device", self.device, DEVICES)
-        for key in ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha"):
+        _check_choice("adapter", self.adapter, ADAPTERS)
+        _check_choice("adapter-policy", self.adapter_policy, ADAPTER_POLICIES)
+        _check_choice("kd-weighting", self.kd_weighting, KD_WEIGHTINGS)
+        _check_choice("inference", self.inference, INFERENCES)
+        _check_choice("prototype-refine", self.prototype_refine, PROTOTYPE_REFINES)
+        positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
+        positive += ("adapter-rank", "num-experts", "text-init-topk")
+        for key in positive + ("lr", "beta", "temperature"):
             _check_positive(key, getattr(self, _attribute(key)))
-        _check_positive("lr", self.lr)
-        _check_positive("beta", self.beta)
+        if self.image_size < 0:
+            raise ConfigError(f"run config key 'image-size': must be >= 0, got {self.image_size}")
+        if self.kd_lambda < 0:
+            raise ConfigError(f"run config key 'kd-lambda': must be >= 0, got {self.kd_lambda}")
+        if self.use_self_kd and not self.use_experts:
+            raise ConfigError(
+                "run config key 'use-self-kd': self-distillation needs several experts; "
+                "set use-experts=true or use-self-kd=false"
+            )
         if self.max_train_per_class is not None:
             _check_positive("max-train-per-class", self.max_train_per_class)
         if not self.backbone:
@@ -109,6 +145,10 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise ConfigError(f"run config key '{key}': expected an integer, got {value!r}")
+        return value
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"run config key '{key}': expected true or false, got {value!r}")
         return value
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from multifcl.backbones import VisionBackbone, load_backbone
+from multifcl.backbones import Backbone, load_backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import FederatedStream, load_splits
 from multifcl.methods import Method, build_method
@@ -15,7 +15,7 @@ from multifcl.methods import Method, build_method
 @dataclass
 class Experiment:
     config: ExperimentConfig
-    backbone: VisionBackbone
+    backbone: Backbone
     data: FederatedStream
     method: Method
 
@@ -23,7 +23,7 @@ class Experiment:
 @lru_cache(maxsize=2)
 def load_experiment(config: ExperimentConfig) -> Experiment:
     """Build (or reuse, within this process) the experiment for `config`."""
-    backbone = load_backbone(config.backbone, config.device)
+    backbone = load_backbone(config.backbone, config.device, config.image_size)
     data = FederatedStream(load_splits(config, backbone.image_size), config)
     method = build_method(config, backbone, data.stream.num_classes)
     return Experiment(config, backbone, data, method)

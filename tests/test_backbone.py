@@ -6,7 +6,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
 
 from multifcl.backbones import load_backbone
 from multifcl.backbones.presets import build_vit_tiny
-from multifcl.backbones.vision_transformer import VisionBackbone
+from multifcl.backbones.vision_transformer import TransformerBackbone
 from multifcl.config import ConfigError
 from tests.test_config import one_line_error
 
@@ -46,13 +46,15 @@ def test_clip_vision_tower_loads_with_clip_normalisation(tmp_path):
     assert backbone.mean.flatten()[0].item() == pytest.approx(0.48145466)
 
 
-def test_block_features_are_the_cls_tokens_of_each_block():
-    backbone = VisionBackbone(build_vit_tiny(), "vit-tiny")
+def test_taps_are_the_cls_tokens_of_each_block_and_the_last_is_the_final_feature():
+    backbone = TransformerBackbone(build_vit_tiny(), "vit-tiny")
+    assert (backbone.num_taps, backbone.tap_dims) == (4, [64] * 4)
     pixels = backbone.preprocess(images())
     hidden = backbone.model(pixel_values=pixels, output_hidden_states=True).hidden_states
-    taps = backbone.block_features(pixels, [0, 2, 3])
-    for block, feature in zip([0, 2, 3], taps):
+    taps = backbone.taps(pixels, [0, 2, 3])
+    for block, feature in zip([0, 2], taps):
         assert torch.allclose(feature, hidden[block + 1][:, 0], atol=1e-5)
+    assert torch.allclose(taps[2], backbone(pixels), atol=1e-6)
 
 
 def test_preset_is_identical_in_every_process():

@@ -1,5 +1,6 @@
-"""Pretrained image encoders with multi-scale taps."""
+"""Pretrained image encoders with multi-scale taps, behind one interface."""
 
-from multifcl.backbones.vision_transformer import VisionBackbone, load_backbone, resolve_device
+from multifcl.backbones.base import Backbone
+from multifcl.backbones.loading import load_backbone, resolve_device
 
-__all__ = ["VisionBackbone", "load_backbone", "resolve_device"]
+__all__ = ["Backbone", "load_backbone", "resolve_device"]

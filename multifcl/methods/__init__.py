@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multifcl.backbones import VisionBackbone
+from multifcl.backbones import Backbone
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.methods.base import ClientUpdate, Method, State
 from multifcl.methods.finetune import FinetuneMethod
@@ -11,7 +11,7 @@ from multifcl.methods.prototypes import PrototypesMethod
 METHODS: dict[str, type[Method]] = {m.name: m for m in (PrototypesMethod, FinetuneMethod)}
 
 
-def build_method(config: ExperimentConfig, backbone: VisionBackbone, num_classes: int) -> Method:
+def build_method(config: ExperimentConfig, backbone: Backbone, num_classes: int) -> Method:
     """The configured method over `backbone`."""
     if config.method not in METHODS:
         raise ConfigError(f"run config key 'method': unknown method {config.method!r}")

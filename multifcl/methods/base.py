@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multifcl.backbones import VisionBackbone
+from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
 
@@ -32,9 +32,7 @@ class Method(ABC):
 
     name: ClassVar[str]
 
-    def __init__(
-        self, config: ExperimentConfig, backbone: VisionBackbone, num_classes: int
-    ) -> None:
+    def __init__(self, config: ExperimentConfig, backbone: Backbone, num_classes: int) -> None:
         self.config = config
         self.backbone = backbone
         self.num_classes = num_classes

@@ -1,4 +1,4 @@
-"""Fine-tuning: a linear head and the backbone's last block, trained with FedAvg.
+"""Fine-tuning: a linear head and the backbone's last block and final layer, with FedAvg.
 
 Nothing protects old classes, so this is the forgetting lower bound. The trained copy of
 the last block lives in the method, so the shared backbone stays untouched.
@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multifcl.aggregation import weighted_average
-from multifcl.backbones import VisionBackbone
-from multifcl.backbones.vision_transformer import run_block
+from multifcl.backbones import Backbone
 from multifcl.data import InMemoryImages, Task
 from multifcl.methods.base import ClientUpdate, Method, State, batches
 
@@ -22,13 +21,13 @@ MOMENTUM = 0.9
 
 
 class TrainableTop(nn.Module):
-    """The frozen trunk, then a trainable copy of the last block, final norm and a linear head."""
+    """The frozen trunk, then trainable copies of the last block and final layer, and a head."""
 
-    def __init__(self, backbone: VisionBackbone, num_classes: int, seed: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, seed: int) -> None:
         super().__init__()
         self.trunk = [backbone]  # a list keeps the shared backbone out of this state_dict
         self.block = copy.deepcopy(backbone.blocks[-1]).requires_grad_(True)
-        self.final_norm = copy.deepcopy(backbone.final_norm).requires_grad_(True)
+        self.final = copy.deepcopy(backbone.final).requires_grad_(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.head = nn.Linear(backbone.feature_dim, num_classes)
@@ -37,9 +36,8 @@ class TrainableTop(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         backbone = self.trunk[0]
         with torch.no_grad():
-            hidden = backbone.tokens_before(pixels, backbone.num_blocks - 1)
-        hidden = run_block(self.block, hidden)
-        return self.head(self.final_norm(hidden[:, 0]))
+            hidden = backbone.hidden_before(pixels, backbone.num_blocks - 1)
+        return self.head(self.final(backbone.run_block(self.block, hidden)))
 
 
 class FinetuneMethod(Method):

@@ -1,0 +1,122 @@
+"""The interface every backbone offers to methods.
+
+A backbone is a frozen pretrained image encoder cut into a stem, a list of blocks (the
+places where adapters go) and a `final` module that turns the last block's output into
+the final image feature. Taps are pooled features after chosen blocks (the CLS token for
+transformers, a global average pool for CNNs); the last tap is always the final feature,
+so multi-scale experts can end on it. Input size and normalisation belong to the backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class Backbone(nn.Module):
+    """Frozen encoder: stem -> blocks -> final, with pooled taps after chosen blocks.
+
+    Subclasses set `stem`, `blocks`, `final`, `block_dims` (width of each block's output),
+    `tap_blocks` (the block after which each tap pools; the last is the last block),
+    `tap_dims`, `feature_dim` and `lora_targets` (module names peft's LoRA wraps), and
+    implement `pool`.
+    """
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    final: nn.Module
+    block_dims: list[int]
+    tap_blocks: list[int]
+    tap_dims: list[int]
+    feature_dim: int
+    lora_targets: tuple[str, ...]
+    token_features: bool  # True: blocks output N x tokens x d; False: N x C x H x W
+
+    def __init__(
+        self, name: str, image_size: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def freeze(self) -> None:
+        """Freeze every parameter and fix normalisation statistics (eval mode)."""
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_taps(self) -> int:
+        return len(self.tap_blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def run_block(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply one block (a copy of one of `blocks` is fine)."""
+        return block(hidden)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A block output pooled to one vector per image."""
+        raise NotImplementedError
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x H x W -> float pixels at the backbone's size and normalisation."""
+        pixels = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        return (pixels - self.mean) / self.std
+
+    def hidden_before(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        """The block input of block `block` (0-based); `num_blocks` gives the last output."""
+        hidden = self.stem(pixels)
+        for layer in self.blocks[:block]:
+            hidden = self.run_block(layer, hidden)
+        return hidden
+
+    def taps(
+        self, pixels: torch.Tensor, taps: Sequence[int], after_block: AfterBlock | None = None
+    ) -> list[torch.Tensor]:
+        """Pooled features of the taps `taps` (indices into `tap_blocks`).
+
+        `after_block(i, hidden)` runs after block i and may change its output (adapters).
+        """
+        wanted = {self.tap_blocks[tap]: tap for tap in taps}
+        last_block = max(wanted)
+        features: dict[int, torch.Tensor] = {}
+        hidden = self.stem(pixels)
+        for index, layer in enumerate(self.blocks[: last_block + 1]):
+            hidden = self.run_block(layer, hidden)
+            if after_block is not None:
+                hidden = after_block(index, hidden)
+            if index in wanted:
+                is_final = index == self.num_blocks - 1
+                features[wanted[index]] = self.final(hidden) if is_final else self.pool(hidden)
+        return [features[tap] for tap in taps]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The final image feature."""
+        return self.final(self.hidden_before(pixels, self.num_blocks))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Final features of uint8 images, computed in batches without gradients."""
+        batches = [
+            self(self.preprocess(images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
+        if not batches:
+            return torch.zeros(0, self.feature_dim, device=self.device)
+        return torch.cat(batches)
