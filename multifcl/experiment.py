@@ -25,5 +25,5 @@ def load_experiment(config: ExperimentConfig) -> Experiment:
     """Build (or reuse, within this process) the experiment for `config`."""
     backbone = load_backbone(config.backbone, config.device, config.image_size)
     data = FederatedStream(load_splits(config, backbone.image_size), config)
-    method = build_method(config, backbone, data.stream.num_classes)
+    method = build_method(config, backbone, data.stream.class_names)
     return Experiment(config, backbone, data, method)

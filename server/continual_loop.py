@@ -96,6 +96,8 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
             [round(a, 1) for a in stage.cil],
             metrics["stage_accuracy"][-1],
         )
+    for path in experiment.method.export(state, run_dir.path / "adapters"):
+        log(INFO, "multifcl: adapters exported to %s", path)
     print_summary(metrics, f"{config.method} on {config.dataset}")
     log(INFO, "multifcl: results in %s", run_dir.path)
     return metrics

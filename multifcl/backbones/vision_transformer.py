@@ -47,12 +47,11 @@ class TransformerBackbone(Backbone):
         if is_clip:
             self.stem = nn.Sequential(tower.embeddings, tower.pre_layrnorm)
             self.final = ClsFeature(tower.post_layernorm)
-            self.lora_targets = ("q_proj", "v_proj")
         else:
             self.stem = tower.embeddings
             self.final = ClsFeature(tower.layernorm)
-            self.lora_targets = ("query", "value")
         self.blocks = _transformer_blocks(tower)
+        self.lora_targets = _query_value_projections(self.blocks[0])
         self.feature_dim = int(model.config.hidden_size)
         self.block_dims = [self.feature_dim] * len(self.blocks)
         self.tap_blocks = list(range(len(self.blocks)))
@@ -76,6 +75,15 @@ def _transformer_blocks(tower: nn.Module) -> nn.ModuleList:
         if isinstance(owner, nn.ModuleList):
             return owner
     raise TypeError(f"cannot find the transformer blocks of {type(tower).__name__}")
+
+
+def _query_value_projections(block: nn.Module) -> tuple[str, ...]:
+    """The names of the query and value projections (they differ across transformers versions)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in block.named_modules()}
+    for pair in (("q_proj", "v_proj"), ("query", "value")):
+        if set(pair) <= names:
+            return pair
+    raise TypeError(f"cannot find the query/value projections in {type(block).__name__}")
 
 
 def load_hugging_face_vit(name: str) -> TransformerBackbone:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -32,10 +33,13 @@ class Method(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, config: ExperimentConfig, backbone: Backbone, num_classes: int) -> None:
+    def __init__(
+        self, config: ExperimentConfig, backbone: Backbone, class_names: list[str]
+    ) -> None:
         self.config = config
         self.backbone = backbone
-        self.num_classes = num_classes
+        self.class_names = class_names  # in stream order: the name of stream class c
+        self.num_classes = len(class_names)
 
     @abstractmethod
     def initial_state(self) -> State:
@@ -54,6 +58,10 @@ class Method(ABC):
     @abstractmethod
     def classifier(self, state: State) -> nn.Module:
         """A module mapping preprocessed pixels to logits over all classes of the stream."""
+
+    def export(self, state: State, folder: Path) -> list[Path]:
+        """Write what a user may reuse outside this tool (adapters); nothing by default."""
+        return []
 
 
 def batches(data: InMemoryImages, batch_size: int, generator: torch.Generator | None = None):

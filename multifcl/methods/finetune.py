@@ -43,9 +43,9 @@ class TrainableTop(nn.Module):
 class FinetuneMethod(Method):
     name = "finetune"
 
-    def __init__(self, config, backbone, num_classes) -> None:
-        super().__init__(config, backbone, num_classes)
-        self.model = TrainableTop(backbone, num_classes, config.seed)
+    def __init__(self, config, backbone, class_names) -> None:
+        super().__init__(config, backbone, class_names)
+        self.model = TrainableTop(backbone, self.num_classes, config.seed)
         self.model.eval()  # no dropout: runs are reproducible from the seed
         self._initial_state = self._current_state()
 

@@ -1,0 +1,1 @@
+"""Training losses beyond cross-entropy."""

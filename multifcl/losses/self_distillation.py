@@ -1,0 +1,54 @@
+"""Multi-teacher dynamic self-distillation (MultiFCL 1c).
+
+The earlier experts teach the final one: sum over teachers m of w_m KL(p_m || p_final),
+teachers detached. The weights are per sample and sum to 1 over the teachers:
+`entropy` (default): w_m ~ 1 / (H(p_m) + eps), confident teachers count more;
+`inverse-kl`: w_m ~ 1 / (KL(p_m || p_final) + eps), teachers close to the final expert count
+more; `uniform`: equal weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6
+
+
+def teacher_weights(
+    teacher_logits: list[torch.Tensor], final_logits: torch.Tensor, weighting: str
+) -> torch.Tensor:
+    """N x (M-1) weights, each row summing to 1, without gradients."""
+    with torch.no_grad():
+        if weighting == "uniform":
+            scores = torch.ones(final_logits.shape[0], len(teacher_logits))
+            return scores.to(final_logits.device) / len(teacher_logits)
+        if weighting == "entropy":
+            scores = torch.stack([1.0 / (_entropy(z) + EPS) for z in teacher_logits], dim=1)
+        elif weighting == "inverse-kl":
+            scores = torch.stack(
+                [1.0 / (_kl(z, final_logits) + EPS) for z in teacher_logits], dim=1
+            )
+        else:
+            raise ValueError(f"unknown teacher weighting {weighting!r}")
+        return scores / scores.sum(dim=1, keepdim=True)
+
+
+def self_distillation_loss(expert_logits: list[torch.Tensor], weighting: str) -> torch.Tensor:
+    """Mean over samples of the weighted KL from each earlier expert to the final expert."""
+    *teachers, final = expert_logits
+    teachers = [z.detach() for z in teachers]
+    weights = teacher_weights(teachers, final.detach(), weighting)
+    divergences = torch.stack([_kl(z, final) for z in teachers], dim=1)
+    return (weights * divergences).sum(dim=1).mean()
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    log_p = torch.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per sample."""
+    log_t = torch.log_softmax(teacher_logits, dim=1)
+    log_s = torch.log_softmax(student_logits, dim=1)
+    return (log_t.exp() * (log_t - log_s)).sum(dim=1)

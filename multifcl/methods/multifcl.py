@@ -1,0 +1,305 @@
+"""MultiFCL (NeurIPS 2025): adapters frozen after their task, multi-modal initialization of
+new class prototypes, multi-scale experts with multi-teacher dynamic self-distillation.
+
+Global state: one prototype matrix per expert, the global per-class sample counts, and
+every adapter set. A client uploads, per expert, the rows of the classes it holds with their
+counts, plus the trainable adapter set (if any); the server merges rows weighted by counts
+and adapters by FedAvg. With every `use-*` switch off this is the `prototypes` baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multifcl.adapters import AdapterPolicy, build_adapters
+from multifcl.aggregation import merge_class_rows, weighted_average
+from multifcl.backbones.text_encoders import load_text_encoder
+from multifcl.config import ConfigError
+from multifcl.data import InMemoryImages, Task
+from multifcl.heads.multi_expert import (
+    describe_experts,
+    expert_logits,
+    expert_taps,
+    inference_logits,
+)
+from multifcl.heads.prototype_initialization import (
+    attend_to_old_prototypes,
+    nearest_old_classes,
+    refine_prototype,
+)
+from multifcl.losses.self_distillation import self_distillation_loss
+from multifcl.methods.base import ClientUpdate, Method, State
+
+MOMENTUM = 0.9
+ADAPTER_PREFIX = "adapter/"
+COUNTS = "class-counts"
+logger = logging.getLogger(__name__)
+
+
+def prototype_key(expert: int) -> str:
+    return f"expert-{expert}/prototypes"
+
+
+class MultiFCLMethod(Method):
+    name = "multifcl"
+
+    def __init__(self, config, backbone, class_names) -> None:
+        super().__init__(config, backbone, class_names)
+        num_experts = config.num_experts if config.use_experts else 1
+        self.taps = expert_taps(backbone.num_taps, num_experts, backbone.name)
+        logger.info("multifcl experts on %s: %s", backbone.name, describe_experts(self.taps))
+        self.policy = AdapterPolicy(config.adapter_policy, config.num_tasks)
+        self.adapters = None
+        self.encoder = backbone
+        if config.use_adapters:
+            self.adapters = build_adapters(
+                config.adapter, backbone, config.adapter_rank, self.policy.num_sets, config.seed
+            )
+            self.encoder = self.adapters.backbone
+        self.class_text = None
+        self.text_encoder = None
+        if config.use_text_init:
+            _check_class_names(class_names)
+            self.text_encoder = load_text_encoder(config.text_encoder, backbone)
+            self.class_text = self.text_encoder.encode(class_names)
+        self._initial_adapters = self._adapter_arrays(range(self.policy.num_sets))
+
+    # --- state ---------------------------------------------------------------------------
+    def initial_state(self) -> State:
+        state = {
+            prototype_key(m): np.zeros((self.num_classes, self.tap_dims[m]), np.float32)
+            for m in range(len(self.taps))
+        }
+        state[COUNTS] = np.zeros(self.num_classes, np.float32)
+        state.update({k: v.copy() for k, v in self._initial_adapters.items()})
+        return state
+
+    @property
+    def tap_dims(self) -> list[int]:
+        return [self.backbone.tap_dims[tap] for tap in self.taps]
+
+    def _adapter_parameters(self, sets) -> dict[str, nn.Parameter]:
+        if self.adapters is None:
+            return {}
+        parameters = {}
+        for index in sets:
+            parameters.update(self.adapters.set_parameters(index))
+        return {ADAPTER_PREFIX + key: value for key, value in parameters.items()}
+
+    def _adapter_arrays(self, sets) -> State:
+        return {
+            key: value.detach().cpu().numpy().copy()
+            for key, value in self._adapter_parameters(sets).items()
+        }
+
+    def _load_adapters(self, state: State) -> None:
+        with torch.no_grad():
+            for key, value in self._adapter_parameters(range(self.policy.num_sets)).items():
+                value.copy_(torch.from_numpy(state[key]))
+
+    def _trainable_set(self, task: Task) -> int | None:
+        return None if self.adapters is None else self.policy.trainable_set(task.index)
+
+    # --- features ------------------------------------------------------------------------
+    def _after_block(self):
+        return None if self.adapters is None else self.adapters.after_block
+
+    def expert_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The features the experts read (through the active adapters)."""
+        return self.encoder.taps(pixels, self.taps, self._after_block())
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        batch = self.config.batch_size
+        parts = [
+            self.expert_features(self.encoder.preprocess(images[start : start + batch]))
+            for start in range(0, len(images), batch)
+        ]
+        return [torch.cat([part[m] for part in parts]) for m in range(len(self.taps))]
+
+    # --- client ----------------------------------------------------------------------------
+    def train_client(
+        self, state: State, data: InMemoryImages, task: Task, seed: int
+    ) -> ClientUpdate:
+        self._load_adapters(state)
+        trainable_set = self._trainable_set(task)
+        labels = torch.as_tensor(data.labels)
+        classes, counts = torch.unique(labels, return_counts=True)
+        device = self.encoder.device
+        prototypes = [
+            torch.tensor(state[prototype_key(m)], device=device) for m in range(len(self.taps))
+        ]
+        features = self._encode(data.images)
+        # Experts' prototypes are trained from the global rows; new classes (and, without
+        # experts, every local class) start from the multi-modal init refined by features.
+        global_counts = state[COUNTS]
+        fresh = [
+            int(c) for c in classes if not self.config.use_experts or global_counts[int(c)] == 0
+        ]
+        self._initialise(prototypes, fresh, features, labels, task, data)
+
+        loss = None
+        trains_prototypes = self.config.use_experts
+        if trains_prototypes or trainable_set is not None:
+            loss = self._train(prototypes, features, data, labels, task, trainable_set, seed)
+            if not trains_prototypes:  # fixed class-mean prototypes follow the new adapters
+                self._initialise(prototypes, fresh, self._encode(data.images), labels, task, data)
+
+        arrays = {
+            "class-ids": classes.numpy().astype(np.int64),
+            COUNTS: counts.numpy().astype(np.float32),
+        }
+        for m, matrix in enumerate(prototypes):
+            arrays[prototype_key(m)] = matrix[classes.to(device)].detach().cpu().numpy()
+        if trainable_set is not None:
+            arrays.update(self._adapter_arrays([trainable_set]))
+        return ClientUpdate(arrays, num_examples=len(data), train_loss=loss)
+
+    def _initialise(self, prototypes, classes, features, labels, task, data) -> None:
+        """Set the rows of `classes`: text-guided init (old classes exist) refined by features."""
+        use_text = self.class_text is not None and task.index > 0
+        old = range(task.classes.start)
+        for c in classes:
+            mask = labels == c
+            init = [None] * len(prototypes)
+            if use_text:
+                query = self._query(c, features, mask)
+                indices, weights = nearest_old_classes(
+                    query,
+                    self.class_text[old.start : old.stop],
+                    self.config.text_init_topk,
+                    self.config.temperature,
+                )
+                init = [
+                    attend_to_old_prototypes(indices, weights, p[: old.stop]) for p in prototypes
+                ]
+            for m, matrix in enumerate(prototypes):
+                local = features[m][mask.to(features[m].device)]
+                row = refine_prototype(
+                    init[m], local.to(matrix.dtype), self.config.prototype_refine
+                )
+                matrix[c] = row.detach()
+
+    def _query(self, c: int, features, mask: torch.Tensor) -> torch.Tensor:
+        """The image feature of the class's first local sample, in text space when aligned;
+        otherwise the text feature of its name."""
+        if self.text_encoder.aligned:
+            first = features[-1][int(mask.nonzero()[0])].unsqueeze(0)
+            return self.text_encoder.project_images(first)[0]
+        return self.class_text[c]
+
+    def _train(self, prototypes, features, data, labels, task, trainable_set, seed) -> float:
+        """Local epochs of SGD on the experts' losses; returns the mean loss."""
+        config = self.config
+        adapter_parameters = self._adapter_parameters(
+            [] if trainable_set is None else [trainable_set]
+        )
+        if self.adapters is not None:
+            for value in self._adapter_parameters(range(self.policy.num_sets)).values():
+                value.requires_grad_(False)
+            for value in adapter_parameters.values():
+                value.requires_grad_(True)
+        if config.use_experts:
+            for matrix in prototypes:
+                matrix.requires_grad_(True)
+        parameters = list(adapter_parameters.values())
+        parameters += prototypes if config.use_experts else []
+        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=MOMENTUM)
+        generator = torch.Generator().manual_seed(seed)
+        seen = task.seen_classes.stop
+        device = self.encoder.device
+        total, count = 0.0, 0
+        for _ in range(config.local_epochs):
+            order = torch.randperm(len(data), generator=generator)
+            for start in range(0, len(data), config.batch_size):
+                index = order[start : start + config.batch_size]
+                if trainable_set is None:  # frozen encoder: reuse the features
+                    batch_features = [f[index.to(f.device)] for f in features]
+                else:
+                    pixels = self.encoder.preprocess(data.images[index])
+                    batch_features = self.expert_features(pixels)
+                target = labels[index].to(device)
+                logits = [
+                    z[:, :seen]
+                    for z in expert_logits(batch_features, prototypes, config.temperature)
+                ]
+                loss = sum(F.cross_entropy(z, target) for z in logits)
+                if config.use_self_kd and len(logits) > 1:
+                    loss = loss + config.kd_lambda * self_distillation_loss(
+                        logits, config.kd_weighting
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(index)
+                count += len(index)
+        for value in parameters:
+            value.requires_grad_(False)
+        return total / max(count, 1)
+
+    # --- server ----------------------------------------------------------------------------
+    def merge(self, state: State, updates: list[ClientUpdate]) -> State:
+        merged = dict(state)
+        ids = [u.arrays["class-ids"] for u in updates]
+        counts = [u.arrays[COUNTS] for u in updates]
+        for m in range(len(self.taps)):
+            key = prototype_key(m)
+            merged[key], merged[COUNTS] = merge_class_rows(
+                state[key], state[COUNTS], ids, [u.arrays[key] for u in updates], counts
+            )
+        adapters = [
+            {k: v for k, v in u.arrays.items() if k.startswith(ADAPTER_PREFIX)} for u in updates
+        ]
+        if adapters[0]:
+            merged.update(weighted_average(adapters, [u.num_examples for u in updates]))
+        return merged
+
+    def classifier(self, state: State) -> nn.Module:
+        self._load_adapters(state)
+        device = self.encoder.device
+        prototypes = [
+            torch.tensor(state[prototype_key(m)], device=device) for m in range(len(self.taps))
+        ]
+        return ExpertClassifier(self, prototypes)
+
+    def export(self, state: State, folder: Path) -> list[Path]:
+        if self.adapters is None:
+            return []
+        self._load_adapters(state)
+        return self.adapters.export(folder)
+
+
+class ExpertClassifier(nn.Module):
+    """Pixels -> logits of the final expert, or of the experts' ensemble."""
+
+    def __init__(self, method: MultiFCLMethod, prototypes: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.method = method
+        self.prototypes = prototypes
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        config = self.method.config
+        features = self.method.expert_features(pixels)
+        if config.inference == "final":
+            features, prototypes = features[-1:], self.prototypes[-1:]
+        else:
+            prototypes = self.prototypes
+        return inference_logits(
+            expert_logits(features, prototypes, config.temperature), config.inference
+        )
+
+
+def _check_class_names(class_names: list[str]) -> None:
+    missing = [index for index, name in enumerate(class_names) if not str(name).strip()]
+    if missing or len(set(class_names)) != len(class_names):
+        raise ConfigError(
+            "run config key 'use-text-init': text initialization needs a distinct name for "
+            f"every class; the data set's names are {class_names[:10]!r}"
+            f"{' ...' if len(class_names) > 10 else ''} (set use-text-init=false)"
+        )
