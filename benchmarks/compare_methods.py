@@ -1,10 +1,12 @@
 """Compare methods on one run config over several seeds, through real `flwr run`s.
 
+Each row is a method name or a preset TOML file (for example `configs/ablation/*.toml`).
 Prints a markdown table (mean +- std over seeds) of Last, Avg, forgetting, BWT and the
 time and bytes per run, and writes it with every run's results under --out.
 
     python benchmarks/compare_methods.py --methods prototypes finetune --seeds 0 1 2 \
         --overrides "dataset='imagefolder' data-root='/abs/cifar10-jpg' num-tasks=5"
+    python benchmarks/compare_methods.py --methods configs/ablation/*.toml --overrides ...
 """
 
 from __future__ import annotations
@@ -39,21 +41,22 @@ def main() -> None:
     out = (args.out or APP_DIR / "runs" / f"compare-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     out.mkdir(parents=True, exist_ok=False)
 
-    results: dict[str, list[dict]] = {method: [] for method in args.methods}
+    results: dict[str, list[dict]] = {_row_name(method): [] for method in args.methods}
     with LocalFlower(workdir=out) as flower:
         for method in args.methods:
             for seed in args.seeds:
-                run_dir = out / f"{method}-seed{seed}"
-                overrides = f"{args.overrides} method='{method}' seed={seed} output-dir='{run_dir}'"
+                run_dir = out / f"{_row_name(method)}-seed{seed}"
+                overrides = _row_overrides(method)
+                overrides.append(f"{args.overrides} seed={seed} output-dir='{run_dir}'".strip())
                 started = time.perf_counter()
-                run = flower.run(APP_DIR, overrides.strip(), args.federation)
+                run = flower.run(APP_DIR, overrides, args.federation)
                 seconds = time.perf_counter() - started
                 if not run.completed:
                     sys.exit(f"{method} seed {seed}: {run.status}: {run.details}")
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 metrics["wall_seconds"] = seconds
                 metrics["bytes"] = _total_bytes(run_dir / "rounds.csv")
-                results[method].append(metrics)
+                results[_row_name(method)].append(metrics)
                 print(
                     f"{method} seed {seed}: last {metrics['last']:.2f} in {seconds:.0f} s",
                     flush=True,
@@ -66,6 +69,24 @@ def main() -> None:
     (out / "comparison.md").write_text(header + table)
     print()
     print(header + table)
+
+
+def _row_name(row: str) -> str:
+    """A method name, or a preset file's parent and stem (`ablation/1-base`)."""
+    if not row.endswith(".toml"):
+        return row
+    path = Path(row)
+    return f"{path.parent.name}-{path.stem}"
+
+
+def _row_overrides(row: str) -> list[str]:
+    """The run-config overrides of a row: its preset file, or `method='<name>'`."""
+    if row.endswith(".toml"):
+        path = Path(row).resolve()
+        if not path.is_file():
+            sys.exit(f"--methods: preset file {row!r} does not exist")
+        return [str(path)]
+    return [f"method='{row}'"]
 
 
 def _total_bytes(rounds_csv: Path) -> int:

@@ -72,13 +72,17 @@ class LocalFlower:
             check=False,
         )
 
-    def run(self, app: Path, overrides: str = "", federation: str = "") -> FlowerRun:
-        """`flwr run APP --stream` to the end; the status comes from `flwr list`."""
+    def run(self, app: Path, overrides: str | list[str] = "", federation: str = "") -> FlowerRun:
+        """`flwr run APP --stream` to the end; the status comes from `flwr list`.
+
+        `overrides`: one run-config string, or several (TOML files or strings, applied in order).
+        """
         args = ["run", str(app), "--format", "json", "--stream"]
         if federation:
             args += ["--federation-config", federation]
-        if overrides:
-            args += ["-c", overrides]
+        for override in [overrides] if isinstance(overrides, str) else overrides:
+            if override:
+                args += ["-c", override]
         started = self.flwr(*args)
         try:
             reply = json.loads(started.stdout)

@@ -200,3 +200,18 @@ def test_every_switch_off_is_the_prototypes_baseline(tiny_config, tmp_path):
         grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
         results[method] = run_continual_learning(grid, config, base_dir=tmp_path)
     assert results["multifcl"]["accuracy_matrix"] == results["prototypes"]["accuracy_matrix"]
+
+
+def test_ablation_presets_are_valid_and_climb_from_base_to_full():
+    import tomllib
+    from pathlib import Path
+
+    from multifcl.config import ExperimentConfig
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "ablation"
+    switches = ("use_adapters", "use_text_init", "use_experts", "use_self_kd")
+    rows = []
+    for path in sorted(folder.glob("*.toml")):
+        config = ExperimentConfig.from_run_config(tomllib.loads(path.read_text()))
+        rows.append(tuple(getattr(config, name) for name in switches))
+    assert rows == [tuple(i < on for i in range(4)) for on in range(5)]
