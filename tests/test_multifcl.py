@@ -253,3 +253,33 @@ def test_clip_backbone_uses_its_own_text_tower_and_compares_images_with_text(tin
     assert state["class-counts"].all() and np.abs(state["expert-3/prototypes"]).sum(1).all()
     with pytest.raises(ConfigError, match="'text-encoder': 'clip' needs a CLIP backbone"):
         load_text_encoder("clip", load_backbone("vit-tiny"))
+
+
+@pytest.mark.parametrize("adapter", ["bottleneck", "lora"])
+def test_adapters_on_the_cnn_backbone_train_and_freeze_per_task(adapter, tiny_config):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    config = tiny_config(
+        method="multifcl",
+        backbone="efficientnet-lite0",
+        image_size=32,
+        adapter=adapter,
+        adapter_rank=4,
+        adapter_policy="per-task",
+        use_text_init=False,
+    )
+    experiment = load_experiment(config)
+    method, data, stream = experiment.method, experiment.data, experiment.data.stream
+    assert method.tap_dims == [24, 40, 112, 1280]
+    backbone_before = {k: v.clone() for k, v in experiment.backbone.state_dict().items()}
+    state = method.initial_state()
+    for index in range(2):
+        task = stream.task(index)
+        update = method.train_client(state, data.client_train_set(task, 0, 1), task, index)
+        trained = [k for k in update.arrays if k.startswith("adapter/")]
+        assert trained and all(k.startswith(f"adapter/set-{index}/") for k in trained)
+        assert any(np.abs(update.arrays[k] - state[k]).sum() > 0 for k in trained)  # gradients
+        previous, state = state, method.merge(state, [update])
+    assert all(np.array_equal(previous[k], state[k]) for k in state if "/set-0/" in k)
+    assert all(
+        torch.equal(v, backbone_before[k]) for k, v in experiment.backbone.state_dict().items()
+    )
