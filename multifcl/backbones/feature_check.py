@@ -20,7 +20,7 @@ from multifcl.backbones.base import Backbone
 from multifcl.data.images import DataError, decode_image, stack_images
 from multifcl.data.sources import IMAGE_SUFFIXES
 
-ENCODE_BATCH_SIZE = 250
+ENCODE_BATCH_SIZE = 32  # small batches: activations stay in cache, and CPU runs are fastest
 
 
 @dataclass(frozen=True)
