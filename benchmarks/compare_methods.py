@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+import tomllib
 from datetime import datetime
 from pathlib import Path
 
@@ -80,13 +81,23 @@ def _row_name(row: str) -> str:
 
 
 def _row_overrides(row: str) -> list[str]:
-    """The run-config overrides of a row: its preset file, or `method='<name>'`."""
-    if row.endswith(".toml"):
-        path = Path(row).resolve()
-        if not path.is_file():
-            sys.exit(f"--methods: preset file {row!r} does not exist")
-        return [str(path)]
-    return [f"method='{row}'"]
+    """The run-config overrides of a row: its preset file's pairs, or `method='<name>'`.
+
+    `flwr run` refuses a TOML file together with key=value pairs, so presets are inlined.
+    """
+    if not row.endswith(".toml"):
+        return [f"method='{row}'"]
+    path = Path(row)
+    if not path.is_file():
+        sys.exit(f"--methods: preset file {row!r} does not exist")
+    pairs = tomllib.loads(path.read_text())
+    return [" ".join(f"{key}={_toml_value(value)}" for key, value in pairs.items())]
+
+
+def _toml_value(value: bool | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"'{value}'" if isinstance(value, str) else str(value)
 
 
 def _total_bytes(rounds_csv: Path) -> int:
