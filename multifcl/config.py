@@ -19,6 +19,10 @@ ADAPTER_POLICIES = ("first-task", "per-task")
 KD_WEIGHTINGS = ("entropy", "inverse-kl", "uniform")
 INFERENCES = ("final", "ensemble")
 PROTOTYPE_REFINES = ("running-mean", "halving")
+OPTIMIZERS = ("sgd", "adamw", "msam", "msam-adamw", "sam")
+HEADS = ("default", "etf")
+ETF_LOSSES = ("dr", "ce")
+LR_SCHEDULES = ("constant", "cosine", "tempbalance")
 
 
 class ConfigError(ValueError):
@@ -63,6 +67,16 @@ class ExperimentConfig:
     use_text_init: bool = True
     use_experts: bool = True
     use_self_kd: bool = True
+    # Plug-ins (METHOD.md section 2), for every method that trains
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    rho: float = 0.0  # 0: the optimizer's documented default (msam 3.0, msam-adamw 0.3, sam 0.2)
+    head: str = "default"
+    etf_loss: str = "dr"
+    lr_schedule: str = "constant"
+    tb_min: float = 0.5
+    tb_max: float = 1.5
 
     def __post_init__(self) -> None:
         from multifcl.data.sources import SOURCES  # the registries are the valid names
@@ -77,14 +91,26 @@ class ExperimentConfig:
         _check_choice("kd-weighting", self.kd_weighting, KD_WEIGHTINGS)
         _check_choice("inference", self.inference, INFERENCES)
         _check_choice("prototype-refine", self.prototype_refine, PROTOTYPE_REFINES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("head", self.head, HEADS)
+        _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
+        _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk")
         for key in positive + ("lr", "beta", "temperature"):
             _check_positive(key, getattr(self, _attribute(key)))
         if self.image_size < 0:
             raise ConfigError(f"run config key 'image-size': must be >= 0, got {self.image_size}")
-        if self.kd_lambda < 0:
-            raise ConfigError(f"run config key 'kd-lambda': must be >= 0, got {self.kd_lambda}")
+        for key in ("kd-lambda", "momentum", "weight-decay", "rho"):
+            if getattr(self, _attribute(key)) < 0:
+                raise ConfigError(
+                    f"run config key '{key}': must be >= 0, got {getattr(self, _attribute(key))}"
+                )
+        _check_positive("tb-min", self.tb_min)
+        if self.tb_max < self.tb_min:
+            raise ConfigError(
+                f"run config key 'tb-max': must be >= tb-min ({self.tb_min}), got {self.tb_max}"
+            )
         if self.use_self_kd and not self.use_experts:
             raise ConfigError(
                 "run config key 'use-self-kd': self-distillation needs several experts; "
