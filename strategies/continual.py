@@ -11,7 +11,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from multifcl.methods import Method
+from multifcl.methods import ClientUpdate, Method
+from multifcl.methods.base import CLASS_MEAN_COSINE, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
 from strategies.records import (
     ARRAYS,
@@ -90,8 +91,9 @@ class ContinualStrategy(Strategy):
                 f"({'; '.join(reasons) or 'no replies'})"
             )
         merged = self.method.merge(self._state, updates)
-        losses = [(u.train_loss, u.num_examples) for u in updates if u.train_loss is not None]
-        loss = sum(value * n for value, n in losses) / sum(n for _, n in losses) if losses else None
+        loss = _weighted_mean(updates, lambda u: u.train_loss)
+        step_time = _weighted_mean(updates, lambda u: u.metrics.get(SECONDS_PER_STEP))
+        cosine = _weighted_mean(updates, lambda u: u.metrics.get(CLASS_MEAN_COSINE))
         record = RoundRecord(
             task=self._task + 1,
             round=server_round,
@@ -101,6 +103,8 @@ class ContinualStrategy(Strategy):
             seconds=round(time.perf_counter() - self._round_started, 3),
             train_loss=None if loss is None else round(loss, 6),
             failures=failures,
+            seconds_per_step=None if step_time is None else round(step_time, 6),
+            class_mean_cosine=None if cosine is None else round(cosine, 6),
         )
         if self.on_round is not None:
             self.on_round(record)
@@ -118,3 +122,11 @@ class ContinualStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return None
+
+
+def _weighted_mean(updates: list[ClientUpdate], value_of) -> float | None:
+    """Sample-weighted mean of a per-client value over the clients that report it."""
+    pairs = [(value_of(u), u.num_examples) for u in updates if value_of(u) is not None]
+    if not pairs:
+        return None
+    return sum(value * n for value, n in pairs) / sum(n for _, n in pairs)

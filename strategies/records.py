@@ -28,17 +28,19 @@ def record_bytes(record: ArrayRecord) -> int:
 
 
 def update_to_content(update: ClientUpdate) -> RecordDict:
-    metrics = {NUM_EXAMPLES: update.num_examples}
+    metrics = {NUM_EXAMPLES: update.num_examples, **update.metrics}
     if update.train_loss is not None:
         metrics[TRAIN_LOSS] = float(update.train_loss)
     return RecordDict({ARRAYS: state_to_record(update.arrays), METRICS: MetricRecord(metrics)})
 
 
 def content_to_update(content: RecordDict) -> ClientUpdate:
-    metrics = content[METRICS]
-    loss = metrics.get(TRAIN_LOSS)
+    metrics = dict(content[METRICS])
+    examples = int(metrics.pop(NUM_EXAMPLES))
+    loss = metrics.pop(TRAIN_LOSS, None)
     return ClientUpdate(
         record_to_state(content[ARRAYS]),
-        int(metrics[NUM_EXAMPLES]),
+        examples,
         None if loss is None else float(loss),
+        {key: float(value) for key, value in metrics.items()},
     )

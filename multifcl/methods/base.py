@@ -4,7 +4,7 @@ server merges, and how the global state classifies images."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,13 +19,19 @@ from multifcl.data import InMemoryImages, Task
 State = dict[str, np.ndarray]
 
 
+SECONDS_PER_STEP = "seconds-per-step"  # optimizer step time (MSAM/SAM cost against SGD)
+CLASS_MEAN_COSINE = "class-mean-cosine"  # mean pairwise cosine of class means (ETF heads)
+
+
 @dataclass
 class ClientUpdate:
-    """What one client sends back after a round: arrays, sample count, mean training loss."""
+    """What one client sends back after a round: arrays, sample count, mean training loss,
+    and training diagnostics (`SECONDS_PER_STEP`, `CLASS_MEAN_COSINE`)."""
 
     arrays: State
     num_examples: int
     train_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Method(ABC):

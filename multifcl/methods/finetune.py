@@ -1,7 +1,9 @@
-"""Fine-tuning: a linear head and the backbone's last block and final layer, with FedAvg.
+"""Fine-tuning: a classifier head and the backbone's last block and final layer, with FedAvg.
 
 Nothing protects old classes, so this is the forgetting lower bound. The trained copy of
-the last block lives in the method, so the shared backbone stays untouched.
+the last block lives in the method, so the shared backbone stays untouched. The head is a
+linear layer (`head = "default"`) or a fixed simplex ETF (`head = "etf"`, trained towards
+with `etf-loss`); the optimizer and schedule are the run's plug-ins.
 """
 
 from __future__ import annotations
@@ -15,29 +17,42 @@ from torch import nn
 from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
 from multifcl.data import InMemoryImages, Task
-from multifcl.methods.base import ClientUpdate, Method, State, batches
-
-MOMENTUM = 0.9
+from multifcl.heads.etf import ETFHead, etf_loss, mean_pairwise_class_mean_cosine
+from multifcl.methods.base import (
+    CLASS_MEAN_COSINE,
+    SECONDS_PER_STEP,
+    ClientUpdate,
+    Method,
+    State,
+    batches,
+)
+from multifcl.optim.local_training import LocalTraining
 
 
 class TrainableTop(nn.Module):
     """The frozen trunk, then trainable copies of the last block and final layer, and a head."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, seed: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, seed: int, etf: bool) -> None:
         super().__init__()
         self.trunk = [backbone]  # a list keeps the shared backbone out of this state_dict
         self.block = copy.deepcopy(backbone.blocks[-1]).requires_grad_(True)
         self.final = copy.deepcopy(backbone.final).requires_grad_(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.head = nn.Linear(backbone.feature_dim, num_classes)
+            if etf:
+                self.head = ETFHead(backbone.feature_dim, num_classes, seed)
+            else:
+                self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.to(backbone.device)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
         backbone = self.trunk[0]
         with torch.no_grad():
             hidden = backbone.hidden_before(pixels, backbone.num_blocks - 1)
-        return self.head(self.final(backbone.run_block(self.block, hidden)))
+        return self.final(backbone.run_block(self.block, hidden))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels))
 
 
 class FinetuneMethod(Method):
@@ -45,7 +60,8 @@ class FinetuneMethod(Method):
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
-        self.model = TrainableTop(backbone, self.num_classes, config.seed)
+        self.etf = config.head == "etf"
+        self.model = TrainableTop(backbone, self.num_classes, config.seed, self.etf)
         self.model.eval()  # no dropout: runs are reproducible from the seed
         self._initial_state = self._current_state()
 
@@ -53,34 +69,63 @@ class FinetuneMethod(Method):
         return {key: value.copy() for key, value in self._initial_state.items()}
 
     def _current_state(self) -> State:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        """Trained weights only: the ETF vertices are a fixed buffer, never sent."""
+        return {
+            key: value.detach().cpu().numpy().copy()
+            for key, value in self.model.state_dict().items()
+            if not key.endswith("vertices")
+        }
 
     def _load(self, state: State) -> None:
         device = self.backbone.device
-        self.model.load_state_dict({k: torch.from_numpy(v).to(device) for k, v in state.items()})
+        weights = {k: torch.from_numpy(v).to(device) for k, v in state.items()}
+        self.model.load_state_dict(weights, strict=False)
+
+    def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, seen: int) -> torch.Tensor:
+        if self.etf:
+            features = self.model.features(pixels)
+            return etf_loss(self.model.head, features, labels, self.config.etf_loss, seen)
+        return F.cross_entropy(self.model(pixels)[:, :seen], labels)
 
     def train_client(
         self, state: State, data: InMemoryImages, task: Task, seed: int
     ) -> ClientUpdate:
         self._load(state)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=MOMENTUM)
+        steps = -(-len(data) // self.config.batch_size)
+        training = LocalTraining(self.config, self.model, steps)
         generator = torch.Generator().manual_seed(seed)
         seen = task.seen_classes.stop
         total_loss, total_seen = 0.0, 0
         for _ in range(self.config.local_epochs):
+            training.start_epoch()
             for images, labels in batches(data, self.config.batch_size, generator):
-                logits = self.model(self.backbone.preprocess(images))[:, :seen]
-                loss = F.cross_entropy(logits, labels.to(logits.device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += loss.item() * len(labels)
+                pixels = self.backbone.preprocess(images)
+                labels = labels.to(pixels.device)
+                total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
                 total_seen += len(labels)
+        training.finish()  # nothing perturbed leaves the client
+        metrics = {SECONDS_PER_STEP: training.seconds_per_step}
+        if self.etf:
+            metrics[CLASS_MEAN_COSINE] = self._class_mean_cosine(data)
         return ClientUpdate(
             self._current_state(),
             num_examples=len(data),
             train_loss=total_loss / max(total_seen, 1),
+            metrics=metrics,
         )
+
+    @torch.no_grad()
+    def _class_mean_cosine(self, data: InMemoryImages) -> float:
+        """How close the local class means of the projected features are to a simplex."""
+        if len(set(data.labels.tolist())) < 2:
+            return float("nan")
+        features = torch.cat(
+            [
+                self.model.head.projected(self.model.features(self.backbone.preprocess(images)))
+                for images, _ in batches(data, self.config.batch_size)
+            ]
+        )
+        return mean_pairwise_class_mean_cosine(features.cpu(), torch.as_tensor(data.labels))
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multifcl.adapters import AdapterPolicy, build_adapters
+from multifcl.adapters import AdapterPolicy, BottleneckAdapters, build_adapters, set_name
 from multifcl.aggregation import merge_class_rows, weighted_average
 from multifcl.backbones.text_encoders import load_text_encoder
 from multifcl.config import ConfigError
@@ -34,9 +34,10 @@ from multifcl.heads.prototype_initialization import (
     refine_prototype,
 )
 from multifcl.losses.self_distillation import self_distillation_loss
-from multifcl.methods.base import ClientUpdate, Method, State
+from multifcl.methods.base import SECONDS_PER_STEP, ClientUpdate, Method, State
+from multifcl.optim.local_training import LocalTraining
+from multifcl.optim.tempbalance import TempBalance
 
-MOMENTUM = 0.9
 ADAPTER_PREFIX = "adapter/"
 COUNTS = "class-counts"
 logger = logging.getLogger(__name__)
@@ -69,6 +70,19 @@ class MultiFCLMethod(Method):
             self.text_encoder = load_text_encoder(config.text_encoder, backbone)
             self.class_text = self.text_encoder.encode(class_names)
         self._initial_adapters = self._adapter_arrays(range(self.policy.num_sets))
+        if config.lr_schedule == "tempbalance":
+            self._check_tempbalance()
+
+    def _check_tempbalance(self) -> None:
+        """Fail before training when the first adapter set has no layer TempBalance can use."""
+        parameters = list(self._adapter_parameters([0]).values())
+        for value in parameters:
+            value.requires_grad_(True)
+        try:
+            TempBalance(self._trainable_module(0), self.config.tb_min, self.config.tb_max)
+        finally:
+            for value in parameters:
+                value.requires_grad_(False)
 
     # --- state ---------------------------------------------------------------------------
     def initial_state(self) -> State:
@@ -144,10 +158,13 @@ class MultiFCLMethod(Method):
         ]
         self._initialise(prototypes, fresh, features, labels, task, data)
 
-        loss = None
+        loss, metrics = None, {}
         trains_prototypes = self.config.use_experts
         if trains_prototypes or trainable_set is not None:
-            loss = self._train(prototypes, features, data, labels, task, trainable_set, seed)
+            loss, step_seconds = self._train(
+                prototypes, features, data, labels, task, trainable_set, seed
+            )
+            metrics[SECONDS_PER_STEP] = step_seconds
             if not trains_prototypes:  # fixed class-mean prototypes follow the new adapters
                 self._initialise(prototypes, fresh, self._encode(data.images), labels, task, data)
 
@@ -159,7 +176,7 @@ class MultiFCLMethod(Method):
             arrays[prototype_key(m)] = matrix[classes.to(device)].detach().cpu().numpy()
         if trainable_set is not None:
             arrays.update(self._adapter_arrays([trainable_set]))
-        return ClientUpdate(arrays, num_examples=len(data), train_loss=loss)
+        return ClientUpdate(arrays, num_examples=len(data), train_loss=loss, metrics=metrics)
 
     def _initialise(self, prototypes, classes, features, labels, task, data) -> None:
         """Set the rows of `classes`: text-guided init (old classes exist) refined by features."""
@@ -194,8 +211,8 @@ class MultiFCLMethod(Method):
             return self.text_encoder.project_images(first)[0]
         return self.class_text[c]
 
-    def _train(self, prototypes, features, data, labels, task, trainable_set, seed) -> float:
-        """Local epochs of SGD on the experts' losses; returns the mean loss."""
+    def _train(self, prototypes, features, data, labels, task, trainable_set, seed):
+        """Local epochs on the experts' losses; returns (mean loss, seconds per step)."""
         config = self.config
         adapter_parameters = self._adapter_parameters(
             [] if trainable_set is None else [trainable_set]
@@ -205,43 +222,52 @@ class MultiFCLMethod(Method):
                 value.requires_grad_(False)
             for value in adapter_parameters.values():
                 value.requires_grad_(True)
-        if config.use_experts:
-            for matrix in prototypes:
-                matrix.requires_grad_(True)
-        parameters = list(adapter_parameters.values())
-        parameters += prototypes if config.use_experts else []
-        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=MOMENTUM)
+        trained_prototypes = prototypes if config.use_experts else []
+        for matrix in trained_prototypes:
+            matrix.requires_grad_(True)
+        steps = -(-len(data) // config.batch_size)
+        training = LocalTraining(
+            config, self._trainable_module(trainable_set), steps, extra=trained_prototypes
+        )
         generator = torch.Generator().manual_seed(seed)
-        seen = task.seen_classes.stop
-        device = self.encoder.device
         total, count = 0.0, 0
         for _ in range(config.local_epochs):
+            training.start_epoch()
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), config.batch_size):
                 index = order[start : start + config.batch_size]
                 if trainable_set is None:  # frozen encoder: reuse the features
-                    batch_features = [f[index.to(f.device)] for f in features]
+                    inputs = [f[index.to(f.device)] for f in features]
                 else:
-                    pixels = self.encoder.preprocess(data.images[index])
-                    batch_features = self.expert_features(pixels)
-                target = labels[index].to(device)
-                logits = [
-                    z[:, :seen]
-                    for z in expert_logits(batch_features, prototypes, config.temperature)
-                ]
-                loss = sum(F.cross_entropy(z, target) for z in logits)
-                if config.use_self_kd and len(logits) > 1:
-                    loss = loss + config.kd_lambda * self_distillation_loss(
-                        logits, config.kd_weighting
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(index)
+                    inputs = self.encoder.preprocess(data.images[index])
+                target = labels[index].to(self.encoder.device)
+                loss = training.step(self._loss, inputs, target, prototypes, task)
+                total += loss * len(index)
                 count += len(index)
-        for value in parameters:
+        training.finish()  # MSAM: nothing perturbed leaves the client
+        for value in list(adapter_parameters.values()) + trained_prototypes:
             value.requires_grad_(False)
-        return total / max(count, 1)
+        return total / max(count, 1), training.seconds_per_step
+
+    def _trainable_module(self, trainable_set: int | None) -> nn.Module:
+        """The module whose layers TempBalance balances: the trainable adapter set."""
+        if trainable_set is None or self.adapters is None:
+            return nn.Module()  # only prototypes train: nothing to balance
+        if isinstance(self.adapters, BottleneckAdapters):
+            return self.adapters.sets[set_name(trainable_set)]
+        return self.adapters.backbone  # LoRA: only the trainable set requires grad
+
+    def _loss(self, inputs, target, prototypes, task: Task) -> torch.Tensor:
+        """Sum of the experts' cross-entropies (+ kd-lambda x self-distillation)."""
+        features = inputs if isinstance(inputs, list) else self.expert_features(inputs)
+        seen = task.seen_classes.stop
+        logits = [z[:, :seen] for z in expert_logits(features, prototypes, self.config.temperature)]
+        loss = sum(F.cross_entropy(z, target) for z in logits)
+        if self.config.use_self_kd and len(logits) > 1:
+            loss = loss + self.config.kd_lambda * self_distillation_loss(
+                logits, self.config.kd_weighting
+            )
+        return loss
 
     # --- server ----------------------------------------------------------------------------
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:

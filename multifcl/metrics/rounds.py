@@ -17,6 +17,8 @@ class RoundRecord:
     seconds: float
     train_loss: float | None
     failures: int = 0
+    seconds_per_step: float | None = None  # optimizer step, mean over clients
+    class_mean_cosine: float | None = None  # ETF heads: mean pairwise cosine of class means
 
     @classmethod
     def columns(cls) -> list[str]:

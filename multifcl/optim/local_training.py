@@ -1,0 +1,91 @@
+"""One client's local optimisation, the same for every method that trains.
+
+The optimizer (`optimizer`: sgd, adamw, msam, msam-adamw, sam) steps with a closure; the
+learning rate follows `lr-schedule`: `constant`, `cosine` (annealed to 0 over the round's
+local steps) or `tempbalance` (cosine times per-layer factors from each layer's Hill alpha,
+recomputed once per local epoch; plain cosine while only non-layer tensors such as prototypes
+train). `finish()` moves MSAM's weights back to the unperturbed
+point: call it before anything leaves the client (upload, evaluation, prototypes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from multifcl.config import ExperimentConfig
+from multifcl.optim.factory import build_optimizer, restore_unperturbed
+from multifcl.optim.tempbalance import TempBalance
+
+EXTRA_GROUP = "extra"  # trainable tensors that are not layers (prototypes), factor 1
+
+
+class LocalTraining:
+    """Optimizer + schedule over `module`'s trainable parameters and `extra` tensors."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        module: nn.Module,
+        steps_per_epoch: int,
+        extra: Iterable[torch.Tensor] = (),
+    ) -> None:
+        self.config = config
+        self.total_steps = max(1, steps_per_epoch * config.local_epochs)
+        self.steps = 0
+        self.seconds = 0.0
+        extra = list(extra)
+        self.balance = None
+        has_layers = any(p.requires_grad for p in module.parameters())
+        if config.lr_schedule == "tempbalance" and has_layers:
+            self.balance = TempBalance(module, config.tb_min, config.tb_max)
+            groups = self.balance.param_groups(config.lr)
+        else:
+            groups = [{"params": [p for p in module.parameters() if p.requires_grad]}]
+        if extra:
+            groups.append({"params": extra, "layer": EXTRA_GROUP})
+        groups = [group for group in groups if group["params"]]
+        self.optimizer = build_optimizer(config, groups)
+
+    def start_epoch(self) -> None:
+        """Recompute TempBalance's layer factors (once per local epoch)."""
+        if self.balance is not None:
+            self.balance.compute_factors()
+
+    def scheduled_lr(self) -> float:
+        """The global rate for the next step."""
+        if self.config.lr_schedule == "constant":
+            return self.config.lr
+        progress = self.steps / self.total_steps
+        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * progress))
+
+    def step(self, compute_loss: Callable[..., torch.Tensor], *inputs) -> float:
+        """One optimizer step on `compute_loss(*inputs)` (SAM evaluates it twice)."""
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = compute_loss(*inputs)
+            loss.backward()
+            return loss
+
+        rate = self.scheduled_lr()
+        for group in self.optimizer.param_groups:
+            factor = 1.0 if self.balance is None else self.balance.factor(group.get("layer", ""))
+            group["lr"] = rate * factor
+        started = time.perf_counter()
+        loss = self.optimizer.step(closure)
+        self.seconds += time.perf_counter() - started
+        self.steps += 1
+        return float(loss)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(self.steps, 1)
+
+    def finish(self) -> None:
+        """Leave the unperturbed weights in the model (MSAM); no-op for other optimizers."""
+        restore_unperturbed(self.optimizer)

@@ -1,0 +1,195 @@
+"""Momentum-SAM (MSAM, Becker et al. 2024, arXiv 2401.12033): SAM-like flat minima at SGD cost.
+
+SAM perturbs the weights along the current gradient, which costs a second forward/backward
+pass. MSAM perturbs them against the momentum direction instead, which is already known, so
+each step needs one gradient only. The gradient of step t is taken at the perturbed weights
+
+    w~_t = w_t - rho * d_t / ||d_t||
+
+where `d` is the momentum buffer (SGD form) or Adam's first moment without bias correction
+(AdamW form), and ||.|| is one L2 norm over every parameter of every group. A step undoes the
+last perturbation, takes the base optimizer's step from the unperturbed w_t with that gradient,
+and perturbs again for the next forward pass.
+
+So between steps the model holds perturbed weights. Call `move_to_unperturbed()` before the
+weights leave the client (upload), are evaluated, or feed anything else (prototypes), and
+`move_to_perturbed()` to resume training exactly where it left off; `step()` works after
+either, because each group records the perturbation it currently carries.
+
+Unlike the reference code, any number of parameter groups is allowed, each with its own lr
+(and rho); the norm stays global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+NORM_EPS = 1e-12  # keeps rho / ||d|| finite while the direction is still zero
+MSAM_RHO = 3.0  # the reference code's rho for MSAM (SGD and AdamW forms alike)
+# The scale rho_g / ||d|| of the perturbation a group carries now; 0.0: unperturbed.
+PERTURBATION_SCALE = "perturbation_scale"
+
+
+class MomentumPerturbedOptimizer(Optimizer):
+    """Shared bookkeeping of both MSAM forms: each group holds w - scale_g * d.
+
+    Subclasses name the direction buffer in `direction_key` and implement `_descend`, the
+    base optimizer's update of one group from unperturbed weights.
+    """
+
+    direction_key: ClassVar[str]
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        if defaults["rho"] < 0:
+            raise ValueError(f"MSAM rho must be >= 0, got {defaults['rho']}")
+        super().__init__(params, {**defaults, PERTURBATION_SCALE: 0.0})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float | torch.Tensor] | None = None) -> Any:
+        """One MSAM step; `closure` (zero grads, forward, backward, return loss) runs once."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.move_to_unperturbed()
+        for group in self.param_groups:
+            self._descend(group)
+        self.move_to_perturbed()
+        return loss
+
+    @torch.no_grad()
+    def move_to_unperturbed(self) -> None:
+        """Put the unperturbed iterate w_t into the parameters (idempotent)."""
+        for group in self.param_groups:
+            params, directions = self._with_direction(group)
+            if group[PERTURBATION_SCALE] != 0.0 and params:
+                torch._foreach_add_(params, directions, alpha=group[PERTURBATION_SCALE])
+            group[PERTURBATION_SCALE] = 0.0
+
+    @torch.no_grad()
+    def move_to_perturbed(self) -> None:
+        """Perturb the weights against the current direction, as `step` leaves them (idempotent).
+
+        Groups already perturbed stay as they are.
+        """
+        pairs = [self._with_direction(group) for group in self.param_groups]
+        directions = [direction for _, group_directions in pairs for direction in group_directions]
+        if not directions:
+            return
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions))))
+        for group, (params, group_directions) in zip(self.param_groups, pairs, strict=True):
+            if group[PERTURBATION_SCALE] != 0.0 or not params:
+                continue
+            scale = group["rho"] / (norm + NORM_EPS)
+            torch._foreach_add_(params, group_directions, alpha=-scale)
+            group[PERTURBATION_SCALE] = scale
+
+    def _with_direction(
+        self, group: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have a direction buffer, and those buffers."""
+        params = [p for p in group["params"] if self.direction_key in self.state.get(p, {})]
+        return params, [self.state[p][self.direction_key] for p in params]
+
+    def _descend(self, group: dict[str, Any]) -> None:
+        """The base optimizer's step for `group`, from unperturbed weights with their grads."""
+        raise NotImplementedError
+
+
+class MSAM(MomentumPerturbedOptimizer):
+    """MSAM, SGD form: heavy-ball momentum v <- mu v + g, w <- w - lr v, perturbation along v.
+
+    Weight decay is L2 as in `torch.optim.SGD` (wd * w added to the gradient), with w the
+    unperturbed weights (the reference code uses the perturbed ones), so rho = 0 is exactly
+    `torch.optim.SGD(momentum=mu, weight_decay=wd)`. No dampening, no Nesterov.
+    """
+
+    direction_key = "momentum_buffer"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        momentum: float = 0.9,
+        rho: float = MSAM_RHO,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(
+                f"MSAM needs lr, momentum, weight_decay >= 0, got {lr}, {momentum}, {weight_decay}"
+            )
+        defaults = {"lr": lr, "momentum": momentum, "rho": rho, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    def _descend(self, group: dict[str, Any]) -> None:
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("MSAM does not support sparse gradients")
+            gradient = param.grad
+            if group["weight_decay"] != 0:
+                gradient = gradient.add(param, alpha=group["weight_decay"])
+            state = self.state[param]
+            if self.direction_key not in state:
+                state[self.direction_key] = torch.zeros_like(param)
+            velocity = state[self.direction_key]
+            velocity.mul_(group["momentum"]).add_(gradient)
+            param.add_(velocity, alpha=-group["lr"])
+
+
+class MSAMAdamW(MomentumPerturbedOptimizer):
+    """MSAM, AdamW form: the perturbation is along Adam's first moment m (no bias correction).
+
+    The update is `torch.optim.AdamW`'s (decoupled weight decay w <- w (1 - lr wd) first, then
+    the bias-corrected Adam step), so rho = 0 is exactly `torch.optim.AdamW`. No amsgrad.
+    """
+
+    direction_key = "exp_avg"
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        rho: float = MSAM_RHO,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(
+                f"MSAMAdamW needs lr, eps, weight_decay >= 0, got {lr}, {eps}, {weight_decay}"
+            )
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"MSAMAdamW betas must lie in [0, 1), got {betas}")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "rho": rho, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    def _descend(self, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("MSAMAdamW does not support sparse gradients")
+            gradient = param.grad
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state[self.direction_key] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] += 1
+            first_moment, second_moment = state[self.direction_key], state["exp_avg_sq"]
+            param.mul_(1 - lr * group["weight_decay"])
+            first_moment.mul_(beta1).add_(gradient, alpha=1 - beta1)
+            second_moment.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+            bias_correction1 = 1 - beta1 ** state["step"]
+            bias_correction2 = 1 - beta2 ** state["step"]
+            denominator = (second_moment.sqrt() / bias_correction2**0.5).add_(group["eps"])
+            param.addcdiv_(first_moment, denominator, value=-lr / bias_correction1)
