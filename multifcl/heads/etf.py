@@ -48,19 +48,24 @@ class ETFHead(nn.Module):
     `vertices` (width x classes) is a buffer: in the state_dict, not in `parameters()`.
     When the feature width is below the number of classes, a trainable linear projection maps
     features to width C first (`projection`, initialized from `seed`, so identically
-    everywhere); otherwise `projection` is None and features are compared as they are.
+    everywhere); otherwise `projection` is None and features are compared as they are, unless
+    `always_project` asks for a trainable width-preserving projection (MultiFCL's experts).
     `scale` is fixed (FedETF learns it); it does not change the argmax.
     """
 
     def __init__(
-        self, feature_dim: int, num_classes: int, seed: int, scale: float = DEFAULT_SCALE
+        self,
+        feature_dim: int,
+        num_classes: int,
+        seed: int,
+        scale: float = DEFAULT_SCALE,
+        always_project: bool = False,
     ) -> None:
         super().__init__()
         self.scale = scale
         self.projection: nn.Linear | None = None
-        width = feature_dim
-        if feature_dim < num_classes:
-            width = num_classes
+        width = max(feature_dim, num_classes)
+        if always_project or feature_dim < num_classes:
             self.projection = _seeded_linear(feature_dim, width, seed + 1)
         self.register_buffer("vertices", simplex_etf(num_classes, width, seed))
 

@@ -22,6 +22,7 @@ from multifcl.aggregation import merge_class_rows, weighted_average
 from multifcl.backbones.text_encoders import load_text_encoder
 from multifcl.config import ConfigError
 from multifcl.data import InMemoryImages, Task
+from multifcl.heads.etf import ETFHead, etf_loss, mean_pairwise_class_mean_cosine
 from multifcl.heads.multi_expert import (
     describe_experts,
     expert_logits,
@@ -34,12 +35,19 @@ from multifcl.heads.prototype_initialization import (
     refine_prototype,
 )
 from multifcl.losses.self_distillation import self_distillation_loss
-from multifcl.methods.base import SECONDS_PER_STEP, ClientUpdate, Method, State
+from multifcl.methods.base import (
+    CLASS_MEAN_COSINE,
+    SECONDS_PER_STEP,
+    ClientUpdate,
+    Method,
+    State,
+)
 from multifcl.optim.local_training import LocalTraining
 from multifcl.optim.tempbalance import TempBalance
 
 ADAPTER_PREFIX = "adapter/"
 COUNTS = "class-counts"
+PROJECTION_PREFIX = "etf-projection/expert-"
 logger = logging.getLogger(__name__)
 
 
@@ -72,6 +80,13 @@ class MultiFCLMethod(Method):
         self._initial_adapters = self._adapter_arrays(range(self.policy.num_sets))
         if config.lr_schedule == "tempbalance":
             self._check_tempbalance()
+        self.etf_heads = None
+        if config.head == "etf":  # fixed simplex vertices; a trained projection per expert
+            self.etf_heads = nn.ModuleList(
+                ETFHead(dim, self.num_classes, config.seed + m, 1 / config.temperature, True)
+                for m, dim in enumerate(self.tap_dims)
+            ).to(backbone.device)
+            self._initial_projections = self._projection_arrays()
 
     def _check_tempbalance(self) -> None:
         """Fail before training when the first adapter set has no layer TempBalance can use."""
@@ -86,13 +101,34 @@ class MultiFCLMethod(Method):
 
     # --- state ---------------------------------------------------------------------------
     def initial_state(self) -> State:
-        state = {
-            prototype_key(m): np.zeros((self.num_classes, self.tap_dims[m]), np.float32)
-            for m in range(len(self.taps))
-        }
+        if self.etf_heads is not None:
+            state = {k: v.copy() for k, v in self._initial_projections.items()}
+        else:
+            state = {
+                prototype_key(m): np.zeros((self.num_classes, self.tap_dims[m]), np.float32)
+                for m in range(len(self.taps))
+            }
         state[COUNTS] = np.zeros(self.num_classes, np.float32)
         state.update({k: v.copy() for k, v in self._initial_adapters.items()})
         return state
+
+    def _projection_parameters(self) -> dict[str, nn.Parameter]:
+        """ETF heads' trained projections, by state key."""
+        return {
+            f"{PROJECTION_PREFIX}{m}/{key}": value
+            for m, head in enumerate(self.etf_heads)
+            for key, value in head.projection.named_parameters()
+        }
+
+    def _projection_arrays(self) -> State:
+        return {
+            k: v.detach().cpu().numpy().copy() for k, v in self._projection_parameters().items()
+        }
+
+    def _load_projections(self, state: State) -> None:
+        with torch.no_grad():
+            for key, value in self._projection_parameters().items():
+                value.copy_(torch.from_numpy(state[key]))
 
     @property
     def tap_dims(self) -> list[int]:
@@ -146,10 +182,12 @@ class MultiFCLMethod(Method):
         labels = torch.as_tensor(data.labels)
         classes, counts = torch.unique(labels, return_counts=True)
         device = self.encoder.device
+        features = self._encode(data.images)
+        if self.etf_heads is not None:
+            return self._train_etf_client(state, data, labels, task, trainable_set, features, seed)
         prototypes = [
             torch.tensor(state[prototype_key(m)], device=device) for m in range(len(self.taps))
         ]
-        features = self._encode(data.images)
         # Experts' prototypes are trained from the global rows; new classes (and, without
         # experts, every local class) start from the multi-modal init refined by features.
         global_counts = state[COUNTS]
@@ -176,6 +214,29 @@ class MultiFCLMethod(Method):
             arrays[prototype_key(m)] = matrix[classes.to(device)].detach().cpu().numpy()
         if trainable_set is not None:
             arrays.update(self._adapter_arrays([trainable_set]))
+        return ClientUpdate(arrays, num_examples=len(data), train_loss=loss, metrics=metrics)
+
+    def _train_etf_client(self, state, data, labels, task, trainable_set, features, seed):
+        """ETF experts: the vertices are fixed; projections (every task) and adapters train."""
+        self._load_projections(state)
+        projections = list(self._projection_parameters().values())
+        loss, step_seconds = self._train(
+            None, features, data, labels, task, trainable_set, seed, extra=projections
+        )
+        classes, counts = torch.unique(labels, return_counts=True)
+        arrays = {
+            "class-ids": classes.numpy().astype(np.int64),
+            COUNTS: counts.numpy().astype(np.float32),
+            **self._projection_arrays(),
+        }
+        if trainable_set is not None:
+            arrays.update(self._adapter_arrays([trainable_set]))
+        with torch.no_grad():
+            final = self._encode(data.images)[-1] if trainable_set is not None else features[-1]
+            projected = self.etf_heads[-1].projected(final)
+        metrics = {SECONDS_PER_STEP: step_seconds}
+        if len(classes) > 1:
+            metrics[CLASS_MEAN_COSINE] = mean_pairwise_class_mean_cosine(projected.cpu(), labels)
         return ClientUpdate(arrays, num_examples=len(data), train_loss=loss, metrics=metrics)
 
     def _initialise(self, prototypes, classes, features, labels, task, data) -> None:
@@ -211,7 +272,7 @@ class MultiFCLMethod(Method):
             return self.text_encoder.project_images(first)[0]
         return self.class_text[c]
 
-    def _train(self, prototypes, features, data, labels, task, trainable_set, seed):
+    def _train(self, prototypes, features, data, labels, task, trainable_set, seed, extra=()):
         """Local epochs on the experts' losses; returns (mean loss, seconds per step)."""
         config = self.config
         adapter_parameters = self._adapter_parameters(
@@ -222,7 +283,7 @@ class MultiFCLMethod(Method):
                 value.requires_grad_(False)
             for value in adapter_parameters.values():
                 value.requires_grad_(True)
-        trained_prototypes = prototypes if config.use_experts else []
+        trained_prototypes = list(extra) or (prototypes if config.use_experts else [])
         for matrix in trained_prototypes:
             matrix.requires_grad_(True)
         steps = -(-len(data) // config.batch_size)
@@ -257,12 +318,28 @@ class MultiFCLMethod(Method):
             return self.adapters.sets[set_name(trainable_set)]
         return self.adapters.backbone  # LoRA: only the trainable set requires grad
 
+    def all_expert_logits(self, features, prototypes) -> list[torch.Tensor]:
+        """Each expert's logits: cosine to its prototypes, or to the fixed ETF vertices."""
+        if self.etf_heads is not None:
+            return [head(f) for head, f in zip(self.etf_heads, features)]
+        return expert_logits(features, prototypes, self.config.temperature)
+
     def _loss(self, inputs, target, prototypes, task: Task) -> torch.Tensor:
-        """Sum of the experts' cross-entropies (+ kd-lambda x self-distillation)."""
+        """Sum of the experts' losses (+ kd-lambda x self-distillation).
+
+        Cross-entropy on prototype logits; with ETF heads, `etf-loss` (dot regression or
+        cross-entropy) towards each class's fixed vertex.
+        """
         features = inputs if isinstance(inputs, list) else self.expert_features(inputs)
         seen = task.seen_classes.stop
-        logits = [z[:, :seen] for z in expert_logits(features, prototypes, self.config.temperature)]
-        loss = sum(F.cross_entropy(z, target) for z in logits)
+        logits = [z[:, :seen] for z in self.all_expert_logits(features, prototypes)]
+        if self.etf_heads is not None:
+            kind = self.config.etf_loss
+            loss = sum(
+                etf_loss(head, f, target, kind, seen) for head, f in zip(self.etf_heads, features)
+            )
+        else:
+            loss = sum(F.cross_entropy(z, target) for z in logits)
         if self.config.use_self_kd and len(logits) > 1:
             loss = loss + self.config.kd_lambda * self_distillation_loss(
                 logits, self.config.kd_weighting
@@ -274,20 +351,24 @@ class MultiFCLMethod(Method):
         merged = dict(state)
         ids = [u.arrays["class-ids"] for u in updates]
         counts = [u.arrays[COUNTS] for u in updates]
-        for m in range(len(self.taps)):
+        if self.etf_heads is not None:
+            merged[COUNTS] = _round_counts(state[COUNTS], ids, counts)
+        for m in range(len(self.taps)) if self.etf_heads is None else ():
             key = prototype_key(m)
             merged[key], merged[COUNTS] = merge_class_rows(
                 state[key], state[COUNTS], ids, [u.arrays[key] for u in updates], counts
             )
-        adapters = [
-            {k: v for k, v in u.arrays.items() if k.startswith(ADAPTER_PREFIX)} for u in updates
-        ]
-        if adapters[0]:
-            merged.update(weighted_average(adapters, [u.num_examples for u in updates]))
+        for prefix in (ADAPTER_PREFIX, PROJECTION_PREFIX):  # FedAvg, sample-weighted
+            arrays = [{k: v for k, v in u.arrays.items() if k.startswith(prefix)} for u in updates]
+            if arrays[0]:
+                merged.update(weighted_average(arrays, [u.num_examples for u in updates]))
         return merged
 
     def classifier(self, state: State) -> nn.Module:
         self._load_adapters(state)
+        if self.etf_heads is not None:
+            self._load_projections(state)
+            return ExpertClassifier(self, [None] * len(self.taps))
         device = self.encoder.device
         prototypes = [
             torch.tensor(state[prototype_key(m)], device=device) for m in range(len(self.taps))
@@ -311,14 +392,17 @@ class ExpertClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         config = self.method.config
-        features = self.method.expert_features(pixels)
-        if config.inference == "final":
-            features, prototypes = features[-1:], self.prototypes[-1:]
-        else:
-            prototypes = self.prototypes
-        return inference_logits(
-            expert_logits(features, prototypes, config.temperature), config.inference
-        )
+        logits = self.method.all_expert_logits(self.method.expert_features(pixels), self.prototypes)
+        return inference_logits(logits, config.inference)
+
+
+def _round_counts(counts: np.ndarray, ids: list[np.ndarray], client_counts) -> np.ndarray:
+    """Global per-class counts: this round's totals for the classes reported (as the row
+    merge keeps them), the previous counts for the others."""
+    totals = np.zeros_like(counts)
+    for classes, values in zip(ids, client_counts):
+        np.add.at(totals, classes, values)
+    return np.where(totals > 0, totals, counts)
 
 
 def _check_class_names(class_names: list[str]) -> None:
