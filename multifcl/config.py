@@ -71,7 +71,7 @@ class ExperimentConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    rho: float = 0.0  # 0: the optimizer's documented default (msam 3.0, msam-adamw 0.3, sam 0.2)
+    rho: float = 0.0  # 0: the optimizer's documented default (msam 3.0, msam-adamw 3.0, sam 0.2)
     head: str = "default"
     etf_loss: str = "dr"
     lr_schedule: str = "constant"

@@ -52,9 +52,15 @@ class LocalTraining:
         self.optimizer = build_optimizer(config, groups)
 
     def start_epoch(self) -> None:
-        """Recompute TempBalance's layer factors (once per local epoch)."""
-        if self.balance is not None:
-            self.balance.compute_factors()
+        """Recompute TempBalance's layer factors (once per local epoch), from the unperturbed
+        weights when the optimizer is MSAM."""
+        if self.balance is None:
+            return
+        restore_unperturbed(self.optimizer)
+        self.balance.compute_factors()
+        perturb_again = getattr(self.optimizer, "move_to_perturbed", None)
+        if perturb_again is not None:
+            perturb_again()
 
     def scheduled_lr(self) -> float:
         """The global rate for the next step."""

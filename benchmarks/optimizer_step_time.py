@@ -1,0 +1,125 @@
+"""Seconds per local training step of one client with sgd, msam and sam, and the ratio to sgd.
+
+The client is client 0 of 2 in task 0 of the quickstart run (digits, vit-tiny); the trained
+part is the `finetune` method's `TrainableTop` (a copy of the last block and the final norm,
+and a linear head; the trunk is frozen). A step is `optimizer.step(closure)`, the closure
+zeroing the grads and running forward and backward, as a client's loop does; the images are
+preprocessed beforehand, so every optimizer times the same batches and only what differs.
+Each repeat reloads the initial weights, builds the optimizer, warms up, then times `--steps`
+steps; the optimizers take turns within each repeat, so background load hits them alike.
+Prints the median seconds per step per optimizer and its ratio to sgd.
+
+    python benchmarks/optimizer_step_time.py [--steps 20] [--repeats 7] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from multifcl.config import ExperimentConfig
+from multifcl.experiment import Experiment, load_experiment
+from multifcl.methods.base import batches
+from multifcl.methods.finetune import TrainableTop
+from multifcl.optim import build_optimizer, restore_unperturbed
+
+OPTIMIZERS = ("sgd", "msam", "sam")
+NUM_CLIENTS = 2
+WARMUP_STEPS = 5
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def client_batches(experiment: Experiment) -> tuple[list[Batch], int]:
+    """Client 0's preprocessed task-0 batches, and the number of classes seen in task 0."""
+    task = experiment.data.stream.task(0)
+    data = experiment.data.client_train_set(task, 0, NUM_CLIENTS)
+    generator = torch.Generator().manual_seed(0)
+    prepared = [
+        (experiment.backbone.preprocess(images), labels)
+        for images, labels in batches(data, experiment.config.batch_size, generator)
+    ]
+    return prepared, task.seen_classes.stop
+
+
+def time_steps(
+    model: TrainableTop,
+    optimizer: torch.optim.Optimizer,
+    prepared: list[Batch],
+    seen: int,
+    steps: int,
+) -> float:
+    """Seconds per step over `steps` steps, cycling through the batches from the first."""
+
+    def closure_for(images: torch.Tensor, labels: torch.Tensor) -> Callable[[], torch.Tensor]:
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(images)[:, :seen], labels)
+            loss.backward()
+            return loss
+
+        return closure
+
+    start = time.perf_counter()
+    for step in range(steps):
+        optimizer.step(closure_for(*prepared[step % len(prepared)]))
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    config = ExperimentConfig(
+        method="finetune", dataset="digits", backbone="vit-tiny", device="cpu"
+    )
+    experiment = load_experiment(config)
+    model = experiment.method.model
+    initial = copy.deepcopy(model.state_dict())
+    prepared, seen = client_batches(experiment)
+    configs = {name: replace(config, optimizer=name) for name in OPTIMIZERS}
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{len(prepared)} batches of <= {config.batch_size} images, "
+        f"{trained:,} trained parameters; "
+        f"median of {args.repeats} repeats x {args.steps} steps (after {WARMUP_STEPS} warm-up)"
+    )
+
+    seconds: dict[str, list[float]] = {name: [] for name in OPTIMIZERS}
+    for _ in range(args.repeats):
+        for name in OPTIMIZERS:
+            model.load_state_dict(initial)
+            optimizer = build_optimizer(configs[name], model.parameters())
+            time_steps(model, optimizer, prepared, seen, WARMUP_STEPS)
+            seconds[name].append(time_steps(model, optimizer, prepared, seen, args.steps))
+            restore_unperturbed(optimizer)
+
+    baseline = statistics.median(seconds["sgd"])
+    for name in OPTIMIZERS:
+        median = statistics.median(seconds[name])
+        spread = f"{min(seconds[name]) * 1e3:.2f}-{max(seconds[name]) * 1e3:.2f}"
+        print(
+            f"{name:5s} {median * 1e3:7.2f} ms/step  {median / baseline:5.2f}x sgd  "
+            f"(repeats {spread} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
