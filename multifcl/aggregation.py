@@ -15,9 +15,9 @@ def weighted_average(
     if not arrays or total <= 0:
         raise ValueError("weighted_average needs at least one client with a positive weight")
     return {
-        key: (sum(w * a[key].astype(np.float64) for a, w in zip(arrays, weights)) / total).astype(
-            arrays[0][key].dtype
-        )
+        key: np.asarray(
+            sum(w * a[key].astype(np.float64) for a, w in zip(arrays, weights)) / total
+        ).astype(arrays[0][key].dtype)
         for key in arrays[0]
     }
 

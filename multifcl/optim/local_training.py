@@ -86,7 +86,7 @@ class LocalTraining:
         loss = self.optimizer.step(closure)
         self.seconds += time.perf_counter() - started
         self.steps += 1
-        return float(loss)
+        return float(loss.detach())
 
     @property
     def seconds_per_step(self) -> float:
