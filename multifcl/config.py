@@ -7,6 +7,7 @@ Errors are one line and name the key and the value at fault.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ class ExperimentConfig:
         for key, value in run_config.items():
             name = _attribute(key)
             if name not in FIELD_TYPES:
-                raise ConfigError(f"run config key '{key}': unknown key")
+                raise ConfigError(f"run config key {key!r}: unknown key")
             values[name] = _convert(key, value, FIELD_TYPES[name])
         return cls(**values)
 
@@ -162,7 +163,12 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
     if type_name == "Path | None":
         if not isinstance(value, str):
             raise ConfigError(f"run config key '{key}': expected a path string, got {value!r}")
-        return Path(value).expanduser().resolve() if value.strip() else None
+        if not value.strip():
+            return None
+        try:
+            return Path(value).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError) as error:  # e.g. an embedded NUL byte
+            raise ConfigError(f"run config key '{key}': invalid path {value!r}: {error}") from None
     if type_name == "int | None":
         number = _convert(key, value, "int")
         return number if number > 0 else None
@@ -179,6 +185,8 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"run config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"run config key '{key}': expected a finite number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"run config key '{key}': expected a string, got {value!r}")
