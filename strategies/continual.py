@@ -126,7 +126,8 @@ class ContinualStrategy(Strategy):
 
 def _weighted_mean(updates: list[ClientUpdate], value_of) -> float | None:
     """Sample-weighted mean of a per-client value over the clients that report it."""
-    pairs = [(value_of(u), u.num_examples) for u in updates if value_of(u) is not None]
+    values = [(value_of(u), u.num_examples) for u in updates]
+    pairs = [(value, n) for value, n in values if value is not None]
     if not pairs:
         return None
     return sum(value * n for value, n in pairs) / sum(n for _, n in pairs)

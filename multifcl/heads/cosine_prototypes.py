@@ -9,6 +9,13 @@ from torch import nn
 DEFAULT_SCALE = 16.0  # a temperature of 1/16; it does not change the argmax
 
 
+def cosine_logits(
+    features: torch.Tensor, prototypes: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """cos(feature, prototype_c) / temperature for every class c (zero rows give 0)."""
+    return F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T / temperature
+
+
 class CosinePrototypeHead(nn.Module):
     """Logits = scale * cos(feature, prototype_c) for every class c."""
 
@@ -18,4 +25,4 @@ class CosinePrototypeHead(nn.Module):
         self.scale = scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
+        return cosine_logits(features, self.prototypes, temperature=1.0 / self.scale)

@@ -7,14 +7,9 @@ temperature. The prototype matrices are the experts' trainable classifier weight
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def cosine_logits(
-    features: torch.Tensor, prototypes: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """cos(feature, prototype_c) / temperature for every class c (zero rows give 0)."""
-    return F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T / temperature
+from multifcl.config import ConfigError
+from multifcl.heads.cosine_prototypes import cosine_logits
 
 
 def expert_logits(
@@ -37,8 +32,6 @@ def expert_taps(num_taps: int, num_experts: int, backbone_name: str) -> list[int
 
     Raises a one-line ConfigError when the taps cannot be split evenly.
     """
-    from multifcl.config import ConfigError
-
     if num_experts > num_taps:
         raise ConfigError(
             f"run config key 'num-experts': {num_experts} experts need at least {num_experts} "

@@ -73,7 +73,7 @@ class MultiFCLMethod(Method):
             self.encoder = self.adapters.backbone
         self.class_text = None
         self.text_encoder = None
-        if config.use_text_init:
+        if config.use_text_init and config.head != "etf":  # ETF experts have no prototypes
             _check_class_names(class_names)
             self.text_encoder = load_text_encoder(config.text_encoder, backbone)
             self.class_text = self.text_encoder.encode(class_names)
@@ -194,7 +194,7 @@ class MultiFCLMethod(Method):
         fresh = [
             int(c) for c in classes if not self.config.use_experts or global_counts[int(c)] == 0
         ]
-        self._initialise(prototypes, fresh, features, labels, task, data)
+        self._initialise(prototypes, fresh, features, labels, task)
 
         loss, metrics = None, {}
         trains_prototypes = self.config.use_experts
@@ -204,7 +204,7 @@ class MultiFCLMethod(Method):
             )
             metrics[SECONDS_PER_STEP] = step_seconds
             if not trains_prototypes:  # fixed class-mean prototypes follow the new adapters
-                self._initialise(prototypes, fresh, self._encode(data.images), labels, task, data)
+                self._initialise(prototypes, fresh, self._encode(data.images), labels, task)
 
         arrays = {
             "class-ids": classes.numpy().astype(np.int64),
@@ -239,7 +239,7 @@ class MultiFCLMethod(Method):
             metrics[CLASS_MEAN_COSINE] = mean_pairwise_class_mean_cosine(projected.cpu(), labels)
         return ClientUpdate(arrays, num_examples=len(data), train_loss=loss, metrics=metrics)
 
-    def _initialise(self, prototypes, classes, features, labels, task, data) -> None:
+    def _initialise(self, prototypes, classes, features, labels, task) -> None:
         """Set the rows of `classes`: text-guided init (old classes exist) refined by features."""
         use_text = self.class_text is not None and task.index > 0
         old = range(task.classes.start)
@@ -283,12 +283,12 @@ class MultiFCLMethod(Method):
                 value.requires_grad_(False)
             for value in adapter_parameters.values():
                 value.requires_grad_(True)
-        trained_prototypes = list(extra) or (prototypes if config.use_experts else [])
-        for matrix in trained_prototypes:
+        trained_tensors = list(extra) or (prototypes if config.use_experts else [])
+        for matrix in trained_tensors:
             matrix.requires_grad_(True)
         steps = -(-len(data) // config.batch_size)
         training = LocalTraining(
-            config, self._trainable_module(trainable_set), steps, extra=trained_prototypes
+            config, self._trainable_module(trainable_set), steps, extra=trained_tensors
         )
         generator = torch.Generator().manual_seed(seed)
         total, count = 0.0, 0
@@ -306,7 +306,7 @@ class MultiFCLMethod(Method):
                 total += loss * len(index)
                 count += len(index)
         training.finish()  # MSAM: nothing perturbed leaves the client
-        for value in list(adapter_parameters.values()) + trained_prototypes:
+        for value in list(adapter_parameters.values()) + trained_tensors:
             value.requires_grad_(False)
         return total / max(count, 1), training.seconds_per_step
 
@@ -353,11 +353,12 @@ class MultiFCLMethod(Method):
         counts = [u.arrays[COUNTS] for u in updates]
         if self.etf_heads is not None:
             merged[COUNTS] = _round_counts(state[COUNTS], ids, counts)
-        for m in range(len(self.taps)) if self.etf_heads is None else ():
-            key = prototype_key(m)
-            merged[key], merged[COUNTS] = merge_class_rows(
-                state[key], state[COUNTS], ids, [u.arrays[key] for u in updates], counts
-            )
+        else:
+            for m in range(len(self.taps)):
+                key = prototype_key(m)
+                merged[key], merged[COUNTS] = merge_class_rows(
+                    state[key], state[COUNTS], ids, [u.arrays[key] for u in updates], counts
+                )
         for prefix in (ADAPTER_PREFIX, PROJECTION_PREFIX):  # FedAvg, sample-weighted
             arrays = [{k: v for k, v in u.arrays.items() if k.startswith(prefix)} for u in updates]
             if arrays[0]:
