@@ -2,7 +2,8 @@
 
 from multifcl.data.federation import FederatedStream
 from multifcl.data.images import DataError, InMemoryImages
-from multifcl.data.sources import DatasetSplits, load_splits
+from multifcl.data.sources import load_splits
+from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
 
 __all__ = [

@@ -9,7 +9,7 @@ import numpy as np
 from multifcl.config import ExperimentConfig
 from multifcl.data.images import InMemoryImages
 from multifcl.data.partitions import make_partition
-from multifcl.data.sources import DatasetSplits
+from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
 
 READ_CHECK_CHUNK = 2048

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
 
 class DataError(ValueError):
     """A data set or file cannot be used; the message names the key or file at fault."""

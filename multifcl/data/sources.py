@@ -1,43 +1,37 @@
 """Data set sources: each turns the config into train and test splits with class names.
 
-Labels here are the source's own class ids; `TaskStream` maps them to stream order.
+Labels here are the source's own class ids; `TaskStream` maps them to stream order. The
+benchmark data sets have a module each (`cifar100`, `imagenet_r`, `tiny_imagenet`,
+`cub200`); the small ones live here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from multifcl.config import ExperimentConfig
-from multifcl.data.images import DataError, ImageFiles, InMemoryImages, LabelledImages
+from multifcl.data.cifar100 import load_cifar100_splits
+from multifcl.data.cub200 import load_cub200_splits
+from multifcl.data.imagenet_r import load_imagenet_r_splits
+from multifcl.data.images import IMAGE_SUFFIXES, DataError, ImageFiles, InMemoryImages
+from multifcl.data.splits import DatasetSplits
+from multifcl.data.tiny_imagenet import load_tiny_imagenet_splits
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0  # part of the data set's definition, not of the experiment
 SYNTHETIC_CLASSES, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_SIZE = 10, 48, 16, 16
-CIFAR100_HUB_ID = "uoft-cs/cifar100"
 
-
-@dataclass
-class DatasetSplits:
-    """A data set's train and test splits and its human-readable class names."""
-
-    train: LabelledImages
-    test: LabelledImages
-    class_names: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+__all__ = ["IMAGE_SUFFIXES", "SOURCES", "DatasetSplits", "load_splits"]
 
 
 def load_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
-    """Load the configured data set; `image_size` is used for files of mixed sizes."""
+    """Load the configured data set at the backbone's input size `image_size` (image folders
+    of mixed sizes and the photo benchmarks ImageNet-R and CUB-200 are fitted to it)."""
     return SOURCES[config.dataset](config, image_size)
 
 
@@ -93,38 +87,6 @@ def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> Datase
     return DatasetSplits(splits[0], splits[1], train_classes)
 
 
-def load_cifar100_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
-    """CIFAR-100 from Hugging Face (`uoft-cs/cifar100`), fine labels and official names.
-
-    `data-root`, when set, is either a copy saved with `DatasetDict.save_to_disk` or the
-    cache folder for the download.
-    """
-    import datasets
-
-    root = config.data_root
-    if root is not None and (root / "dataset_dict.json").is_file():
-        dataset = datasets.load_from_disk(str(root))
-    else:
-        try:
-            dataset = datasets.load_dataset(
-                CIFAR100_HUB_ID, cache_dir=str(root) if root is not None else None
-            )
-        except Exception as error:  # noqa: BLE001 - surface any download failure as one line
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise DataError(
-                f"dataset 'cifar100': cannot load {CIFAR100_HUB_ID!r}: {reason}"
-            ) from None
-    names = list(dataset["train"].features["fine_label"].names)
-    return DatasetSplits(_hf_images(dataset["train"]), _hf_images(dataset["test"]), names)
-
-
-def _hf_images(split) -> InMemoryImages:
-    image_column = "img" if "img" in split.column_names else "image"
-    arrays = [np.asarray(image.convert("RGB")) for image in split[image_column]]
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return InMemoryImages(images, np.asarray(split["fine_label"], dtype=np.int64))
-
-
 def _class_folders(split_root: Path) -> list[str]:
     if not split_root.is_dir():
         raise DataError(f"data-root: folder {str(split_root)!r} does not exist")
@@ -153,4 +115,7 @@ SOURCES: dict[str, Callable[[ExperimentConfig, int], DatasetSplits]] = {
     "synthetic": load_synthetic_splits,
     "imagefolder": load_imagefolder_splits,
     "cifar100": load_cifar100_splits,
+    "imagenet-r": load_imagenet_r_splits,
+    "tiny-imagenet": load_tiny_imagenet_splits,
+    "cub200": load_cub200_splits,
 }

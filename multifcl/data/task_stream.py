@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from multifcl.config import ConfigError, ExperimentConfig
-from multifcl.data.sources import DatasetSplits
+from multifcl.data.splits import DatasetSplits
 
 
 @dataclass(frozen=True)

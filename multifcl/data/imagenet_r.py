@@ -1,0 +1,155 @@
+"""ImageNet-R: 30,000 renditions of 200 ImageNet classes, in the archive's own layout.
+
+`data-root` is the folder `imagenet-r.tar` extracts to (one folder per WordNet id), or its
+parent. The archive has no train/test split: a fixed, seeded 80/20 split per class is drawn
+on first use and written next to the data (`multifcl-train-test-split.txt`), so every run
+and every client sees the same one; later loads read that file. Images are fitted to the
+backbone's input size and cached (see `decoded_cache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from multifcl.config import ExperimentConfig
+from multifcl.data.archives import DatasetArchive
+from multifcl.data.decoded_cache import (
+    CachedImages,
+    cache_folder,
+    cached_images,
+    files_decoder,
+    files_fingerprint,
+)
+from multifcl.data.images import IMAGE_SUFFIXES, DataError
+from multifcl.data.splits import DatasetSplits
+
+IMAGENET_R = DatasetArchive(
+    dataset="imagenet-r",
+    archive="imagenet-r.tar",
+    url="https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
+    size="2.1 GB",
+    folder="imagenet-r",
+    marker="n01443537",
+)
+CLASS_NAMES_FILE = Path(__file__).with_name("class_names") / "imagenet_r.json"
+SPLIT_FILE = "multifcl-train-test-split.txt"
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0  # part of the data set's definition, not of the experiment
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def imagenet_r_classes() -> dict[str, str]:
+    """The 200 WordNet ids (sorted) and their human-readable names."""
+    classes = json.loads(CLASS_NAMES_FILE.read_text())["classes"]
+    return {wnid: classes[wnid]["name"] for wnid in sorted(classes)}
+
+
+def load_imagenet_r_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """The 200 classes in WordNet-id order, split 80/20 per class by the split file."""
+    root = IMAGENET_R.locate(config.data_root)
+    classes = imagenet_r_classes()
+    IMAGENET_R.require(root, classes)
+    paths, labels = _list_images(root, list(classes))
+    is_train = _load_or_draw_split(root, paths, labels)
+    key = f"imagenet-r-{image_size}px-{files_fingerprint(root, paths)}"
+    array = cached_images(
+        cache_folder(root), key, len(paths), image_size, files_decoder(paths, image_size)
+    )
+    train_rows, test_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    return DatasetSplits(
+        CachedImages(array, train_rows, labels[train_rows]),
+        CachedImages(array, test_rows, labels[test_rows]),
+        list(classes.values()),
+    )
+
+
+def draw_split(names: list[str], labels: np.ndarray) -> np.ndarray:
+    """True for train. Per class, the TEST_FRACTION (at least one) of files whose seeded hash
+    of the relative path is smallest are test: the same on every machine and NumPy version."""
+    rank = [hashlib.sha256(f"{SPLIT_SEED}:{name}".encode()).hexdigest() for name in names]
+    is_train = np.ones(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = sorted(np.flatnonzero(labels == label), key=lambda index: rank[index])
+        num_test = max(1, round(len(members) * TEST_FRACTION)) if len(members) > 1 else 0
+        is_train[members[:num_test]] = False
+    return is_train
+
+
+def _list_images(root: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray]:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, wnid in enumerate(wnids):
+        files = sorted(p for p in (root / wnid).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"dataset 'imagenet-r': folder {str(root / wnid)!r} has no images")
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _load_or_draw_split(root: Path, paths: list[Path], labels: np.ndarray) -> np.ndarray:
+    """The split file's train flags for `paths`; drawn and written on first use."""
+    names = [path.relative_to(root).as_posix() for path in paths]
+    for folder in (root, cache_folder(root)):
+        split_file = folder / SPLIT_FILE
+        if split_file.is_file():
+            return _read_split(split_file, names)
+    is_train = draw_split(names, labels)
+    share = f"{1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%}"
+    lines = [
+        f"# ImageNet-R train/test split, {share} per class (seed {SPLIT_SEED}), by multifcl.",
+        "# Every run reads it; delete it to draw the split again.",
+    ]
+    lines += [f"{name} {'train' if train else 'test'}" for name, train in zip(names, is_train)]
+    _write_atomically(root, cache_folder(root), SPLIT_FILE, "\n".join(lines) + "\n")
+    return is_train
+
+
+def _read_split(split_file: Path, names: list[str]) -> np.ndarray:
+    assigned: dict[str, bool] = {}
+    for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, which = line.rpartition(" ")
+        if which not in ("train", "test") or not name:
+            raise DataError(
+                f"split file {str(split_file)!r} line {number}: expected 'PATH train|test'"
+            )
+        assigned[name] = which == "train"
+    unlisted = [name for name in names if name not in assigned]
+    missing = sorted(set(assigned) - set(names))
+    if unlisted or missing:
+        example = (unlisted or missing)[0]
+        raise DataError(
+            f"split file {str(split_file)!r} does not match the images under data-root "
+            f"({len(unlisted)} images unlisted, {len(missing)} listed images missing, "
+            f"e.g. {example!r}); delete it to draw a new split"
+        )
+    return np.asarray([assigned[name] for name in names], dtype=bool)
+
+
+def _write_atomically(preferred: Path, fallback: Path, name: str, text: str) -> None:
+    """Write `name` in `preferred`, or in `fallback` when `preferred` is read-only."""
+    for folder in (preferred, fallback):
+        partial = folder / f"{name}.{os.getpid()}.partial"
+        try:
+            partial.write_text(text)
+            os.replace(partial, folder / name)
+            return
+        except OSError:
+            partial.unlink(missing_ok=True)
+    logger.warning(
+        "could not write %s in %s or %s; the split is drawn again next run",
+        name,
+        preferred,
+        fallback,
+    )

@@ -1,0 +1,20 @@
+"""A data set as the rest of the library sees it: train and test images and class names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multifcl.data.images import LabelledImages
+
+
+@dataclass
+class DatasetSplits:
+    """A data set's train and test splits and its human-readable class names."""
+
+    train: LabelledImages
+    test: LabelledImages
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

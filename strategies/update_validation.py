@@ -1,0 +1,230 @@
+"""Server-side checks of a client's update before it is merged.
+
+A reply is merged only when it has the arrays a genuine update has (per-class rows of the
+task's classes, dense arrays in the state's shape and dtype), finite values, counts that add
+up to its sample count, and a size no genuine update can exceed. The exact layout comes from
+the method (`Method.update_layout`) when the caller passes it; otherwise it is read off the
+update conventions:
+
+- a key that exists in the global state is sent whole, in the state's shape and dtype;
+- per-class uploads are `class-ids` (integers, shape (k,)), `class-counts` (shape (k,)) and
+  row arrays of shape (k, ...) whose state key holds a (num_classes, ...) array;
+- float arrays may travel as float16 where the state holds float32 (`transmit-dtype`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from multifcl.data import Task
+from multifcl.methods import ClientUpdate, Method, State
+from multifcl.methods.base import UpdateLayout
+
+CLASS_IDS = "class-ids"
+CLASS_COUNTS = "class-counts"
+# Per-class row uploads whose name differs from the state key they update (upload -> state);
+# only the `prototypes` method does this (it sends `class-means` rows of `prototypes`).
+RENAMED_ROWS = {"class-means": "prototypes"}
+# Class counts travel as float32, which holds every whole number up to 2**24 exactly.
+MAX_EXAMPLES = 2**24
+# Relative slack of the counts' sum: float16 rounds a whole number n to within n * 2**-11.
+COUNT_TOLERANCE = float(np.finfo(np.float16).eps)
+INT64_BYTES = 8
+NAMES_SHOWN = 3  # keys named in a reason before "... (n in all)"
+
+
+class RejectedUpdate(ValueError):
+    """A client's update that must not be merged; the message is a one-line reason."""
+
+
+def validate_update(
+    state: State,
+    update: ClientUpdate,
+    task: Task,
+    method: Method | None = None,
+    max_examples: int = MAX_EXAMPLES,
+) -> None:
+    """Raise RejectedUpdate(one-line reason) when the update must not be merged.
+
+    `method` (optional) gives the exact layout of a genuine update of `task`; without it
+    the layout is inferred from the update conventions (see `conventional_layout`).
+    `max_examples` caps the sample count a client may claim (e.g. the task's training-set
+    size, when the caller knows it).
+    """
+    _check_examples(update.num_examples, max_examples)
+    _check_diagnostics(update)
+    arrays = update.arrays
+    _check_size(arrays, max_update_bytes(state, task))
+    layout = method.update_layout(state, task) if method is not None else None
+    if layout is None:
+        layout = conventional_layout(state, arrays)
+    _check_keys(arrays, layout)
+    if layout.rows:
+        ids = _checked_class_ids(arrays[CLASS_IDS], task)
+        for key, target in layout.rows.items():
+            _check_rows(key, arrays[key], state, target, ids)
+    for key in layout.dense:
+        _check_array(key, arrays[key], state[key], state[key].shape)
+    if CLASS_COUNTS in layout.rows:
+        _check_counts(arrays[CLASS_COUNTS], update.num_examples)
+
+
+def conventional_layout(state: State, arrays: State) -> UpdateLayout:
+    """The layout the update conventions give for `state`, read off the update's own keys.
+
+    A state holding `class-counts` belongs to a per-class method: its updates must carry
+    `class-ids` and `class-counts` (and `class-means` when the state holds `prototypes`);
+    any other state key they send is a row array when the state holds one row per class
+    of it and the update does not send it whole, else a dense array. Any other state is
+    merged by FedAvg: the update may send any of its keys, whole. Which dense keys must be
+    present, and which arrays are rows when both shapes fit, only the method knows.
+    """
+    if CLASS_COUNTS not in state:
+        sent = frozenset(key for key in arrays if key in state)
+        return UpdateLayout(dense=sent or frozenset(state))
+    num_classes = len(state[CLASS_COUNTS])
+    rows = {CLASS_COUNTS: CLASS_COUNTS}
+    rows.update({name: target for name, target in RENAMED_ROWS.items() if target in state})
+    dense = set()
+    for key, value in arrays.items():
+        if key in rows or key == CLASS_IDS or key not in state:
+            continue
+        shape = state[key].shape
+        if np.shape(value) == shape or not shape or shape[0] != num_classes:
+            dense.add(key)
+        else:
+            rows[key] = key
+    return UpdateLayout(rows, frozenset(dense))
+
+
+def max_update_bytes(state: State, task: Task) -> int:
+    """The most bytes an update can hold and pass the shape and dtype checks.
+
+    Each state array is updated at most once, either whole (its own size; float16 only
+    shrinks it) or as rows of the task's classes (row size x classes of the task), so
+    the update is at most every state array whole plus every state array's rows of all the
+    task's classes, plus the class ids as int64. No update that passes the other checks
+    exceeds it; checked first, it rejects an oversized reply before any value is read.
+    """
+    whole = sum(value.nbytes for value in state.values())
+    row_bytes = sum(
+        value.nbytes // value.shape[0] for value in state.values() if value.ndim and value.shape[0]
+    )
+    return whole + len(task.classes) * (row_bytes + INT64_BYTES)
+
+
+def _check_examples(num_examples, max_examples: int) -> None:
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)):
+        raise RejectedUpdate(f"num-examples {num_examples!r} is not an integer")
+    if not 1 <= num_examples <= max_examples:
+        raise RejectedUpdate(f"num-examples {num_examples} is outside 1..{max_examples}")
+
+
+def _check_diagnostics(update: ClientUpdate) -> None:
+    """The loss must be finite; a metric may be NaN (not measurable) but never infinite."""
+    loss = update.train_loss
+    if loss is not None and not (_is_real(loss) and math.isfinite(loss)):
+        raise RejectedUpdate(f"train-loss {loss!r} is not a finite number")
+    for name, value in update.metrics.items():
+        if not _is_real(value) or math.isinf(value):
+            raise RejectedUpdate(f"metric {name!r} is {value!r}, not a number or NaN")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_size(arrays: State, limit: int) -> None:
+    size = sum(value.nbytes for value in arrays.values() if isinstance(value, np.ndarray))
+    if size > limit:
+        raise RejectedUpdate(f"update holds {size} bytes, more than the {limit} bytes bound")
+
+
+def _check_keys(arrays: State, layout: UpdateLayout) -> None:
+    expected = set(layout.rows) | set(layout.dense) | ({CLASS_IDS} if layout.rows else set())
+    unknown = set(arrays) - expected
+    if unknown:
+        raise RejectedUpdate(f"unknown key(s) {_names(unknown)}")
+    missing = expected - set(arrays)
+    if missing:
+        raise RejectedUpdate(f"missing key(s) {_names(missing)}")
+    targets = list(layout.rows.values()) + list(layout.dense)
+    twice = {target for target in targets if targets.count(target) > 1}
+    if twice:
+        raise RejectedUpdate(f"state key(s) {_names(twice)} sent under two names")
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise RejectedUpdate(f"key {key!r} is a {type(value).__name__}, not an array")
+
+
+def _names(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(key) for key in keys[:NAMES_SHOWN])
+    return shown if len(keys) <= NAMES_SHOWN else f"{shown} ... ({len(keys)} in all)"
+
+
+def _checked_class_ids(ids: np.ndarray, task: Task) -> np.ndarray:
+    """The class ids, once they are distinct integers among the task's classes."""
+    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1 or len(ids) == 0:
+        raise RejectedUpdate(
+            f"key {CLASS_IDS!r} must be a non-empty 1-D integer array, got {ids.dtype} "
+            f"of shape {ids.shape}"
+        )
+    if len(np.unique(ids)) != len(ids):
+        raise RejectedUpdate(f"key {CLASS_IDS!r} repeats a class")
+    classes = task.classes
+    outside = ids[(ids < classes.start) | (ids >= classes.stop)]
+    if len(outside):
+        raise RejectedUpdate(
+            f"key {CLASS_IDS!r}: {outside[:NAMES_SHOWN].tolist()} are not classes of task "
+            f"{task.index + 1} ({classes.start}..{classes.stop - 1})"
+        )
+    return ids
+
+
+def _check_rows(key: str, value: np.ndarray, state: State, target: str, ids) -> None:
+    if target not in state:
+        raise RejectedUpdate(f"key {key!r}: its state key {target!r} is not in the global state")
+    reference = state[target]
+    if reference.ndim == 0 or reference.shape[0] <= ids.max():
+        raise RejectedUpdate(f"key {key!r}: state key {target!r} has no row per class")
+    _check_array(key, value, reference, (len(ids), *reference.shape[1:]))
+
+
+def _check_array(key: str, value: np.ndarray, reference: np.ndarray, shape: tuple) -> None:
+    """Expected shape, the reference's dtype (float16 for float32 too), finite values."""
+    if value.shape != tuple(shape):
+        raise RejectedUpdate(f"key {key!r} has shape {value.shape}, expected {tuple(shape)}")
+    dtype, expected = value.dtype, reference.dtype
+    if dtype != expected and not (expected == np.float32 and dtype == np.float16):
+        raise RejectedUpdate(f"key {key!r} has dtype {dtype}, expected {expected}")
+    if dtype.kind == "f":
+        bad = np.size(value) - np.count_nonzero(np.isfinite(value))
+        if bad:
+            raise RejectedUpdate(f"key {key!r} has {bad} non-finite value(s)")
+
+
+def _check_counts(counts: np.ndarray, num_examples: int) -> None:
+    """Whole, non-negative counts that add up to the sample count, up to float16 rounding
+    (counts may travel as float16, which rounds whole numbers above 2048)."""
+    if (counts < 0).any():
+        raise RejectedUpdate(f"key {CLASS_COUNTS!r} has a negative count")
+    if (counts != np.round(counts)).any():
+        raise RejectedUpdate(f"key {CLASS_COUNTS!r} has a count that is not a whole number")
+    total = float(counts.astype(np.float64).sum())
+    if abs(total - num_examples) > num_examples * COUNT_TOLERANCE:
+        raise RejectedUpdate(
+            f"key {CLASS_COUNTS!r} adds up to {total:g}, not num-examples {num_examples}"
+        )
+
+
+__all__ = [
+    "MAX_EXAMPLES",
+    "RejectedUpdate",
+    "conventional_layout",
+    "max_update_bytes",
+    "validate_update",
+]

@@ -1,0 +1,66 @@
+"""The MultiFCL paper presets in configs/paper/: every one parses and validates as flwr reads it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+from multifcl.config import ExperimentConfig
+from multifcl.data import DataError, load_splits
+from tests.test_config import one_line_error
+
+APP_DIR = Path(__file__).resolve().parents[1]
+PRESETS = sorted((APP_DIR / "configs" / "paper").glob("*.toml"))
+NAME = re.compile(r"(cifar100|imagenet-r)-(\d+)tasks-(beta|alpha)([\d.]+)-(multifcl|pilora)\.toml")
+SETTINGS = {
+    ("cifar100", 10, "beta"): {0.5, 0.1, 0.05},
+    ("cifar100", 10, "alpha"): {6, 4, 2},
+    ("cifar100", 5, "beta"): {0.5, 0.1, 0.05},
+    ("imagenet-r", 10, "beta"): {0.5, 0.1, 0.05},
+}
+
+
+def preset_config(path: Path) -> ExperimentConfig:
+    """The config `flwr run . -c PATH` gives the app: the file fused over pyproject's defaults."""
+    return ExperimentConfig.from_run_config(
+        get_fused_config_from_dir(APP_DIR, parse_config_args([str(path)]))
+    )
+
+
+def test_every_paper_setting_has_a_multifcl_and_a_pilora_preset():
+    found = {NAME.fullmatch(path.name).groups() for path in PRESETS if NAME.fullmatch(path.name)}
+    expected = {
+        (dataset, str(tasks), kind, f"{value:g}", method)
+        for (dataset, tasks, kind), values in SETTINGS.items()
+        for value in values
+        for method in ("multifcl", "pilora")
+    }
+    assert found == expected and len(PRESETS) == len(expected)
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda path: path.stem)
+def test_preset_validates_with_the_paper_protocol(path):
+    dataset, tasks, kind, value, method = NAME.fullmatch(path.name).groups()
+    config = preset_config(path)
+    assert (config.method, config.dataset, config.num_tasks) == (method, dataset, int(tasks))
+    assert config.backbone == "openai/clip-vit-base-patch16" and config.class_order_seed == 1993
+    assert (config.rounds_per_task, config.local_epochs, config.lr) == (5, 5, 1e-5)
+    if kind == "beta":
+        assert (config.partition, config.beta) == ("dirichlet", float(value))
+    else:
+        assert (config.partition, config.alpha) == ("quality", int(value))
+    header = path.read_text().split("\nmethod = ")[0]
+    assert "num-supernodes=10" in header and "Paper's numbers" in header
+
+
+def test_preset_whose_data_is_missing_names_what_to_download_and_where(tmp_path):
+    preset = APP_DIR / "configs" / "paper" / "imagenet-r-10tasks-beta0.5-multifcl.toml"
+    config = preset_config(preset)
+    assert config.data_root == Path("~/data/imagenet-r").expanduser().resolve()
+    elsewhere = ExperimentConfig(**{**vars(config), "data_root": tmp_path / "imagenet-r"})
+    message = one_line_error(DataError, lambda: load_splits(elsewhere, 224))
+    assert "imagenet-r.tar (2.1 GB)" in message and "hendrycks/imagenet-r.tar" in message
+    assert str(tmp_path / "imagenet-r" / "n01443537") in message
