@@ -2,15 +2,24 @@
 
 Class-incremental (CIL): all seen classes compete. Task-incremental (TIL): logits are
 masked to the classes of the sample's own task.
+
+With `cache-features` on and a method whose encoder is frozen under the state
+(`Method.feature_split`), each task's test features are computed once per encoder
+fingerprint and reused at every later evaluation, so the cost per evaluation grows with
+the new task only; a changed encoder (new adapter weights) gets new features.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from multifcl.data import FederatedStream, Task
+from multifcl.analysis.equizero import equizero_accuracies
+from multifcl.data import FederatedStream, InMemoryImages, Task
+from multifcl.features import FeatureCache, FeatureKey, data_fingerprint, feature_cache_for
 from multifcl.methods import Method, State
 from multifcl.methods.base import batches
 
@@ -22,23 +31,51 @@ class StageAccuracy:
     cil: list[float]
     til: list[float]
     cil_all_seen: float  # sample-weighted over all seen classes (what PyCIL/PILOT print)
+    cil_equizero: list[float] | None = None  # with eval-canonicalize = "equizero"
+
+
+_CACHES: weakref.WeakKeyDictionary[Method, FeatureCache] = weakref.WeakKeyDictionary()
+
+
+def evaluation_cache(method: Method) -> FeatureCache:
+    """The test-feature cache this process keeps for `method`."""
+    if method not in _CACHES:
+        _CACHES[method] = feature_cache_for(method.config, "evaluation")
+    return _CACHES[method]
 
 
 @torch.no_grad()
 def evaluate_seen_tasks(
-    method: Method, state: State, data: FederatedStream, current: Task
+    method: Method,
+    state: State,
+    data: FederatedStream,
+    current: Task,
+    cache: FeatureCache | None = None,
 ) -> StageAccuracy:
-    """Evaluate `state` on every task up to and including `current`."""
-    classifier = method.classifier(state)
-    backbone = method.backbone
+    """Evaluate `state` on every task up to and including `current`.
+
+    `cache` defaults to this process's evaluation cache for `method` (when `cache-features`).
+    """
+    split = method.feature_split(state) if method.config.cache_features else None
+    if split is not None:
+        cache = cache if cache is not None else evaluation_cache(method)
+        cache.keep_only(lambda key: key.encoder == split.encoder)
     seen = current.seen_classes.stop
     cil, til, correct_total, count_total = [], [], 0, 0
     for index in range(current.index + 1):
         task = data.stream.task(index)
         correct_cil = correct_til = 0
         test_set = data.test_set(task)
-        for images, labels in batches(test_set, method.config.batch_size):
-            logits = classifier(backbone.preprocess(images)).float().cpu()
+        if split is None:
+            scored = _pixel_logits(method, state, test_set)
+        else:
+            key = FeatureKey(data_fingerprint(test_set), split.encoder, task.index)
+            features = cache.get_or_compute(
+                key, lambda images=test_set.images: split.encode(images)
+            )
+            scored = _feature_logits(split, features, test_set, method)
+        for logits, labels in scored:
+            logits = logits.float().cpu()
             correct_cil += int((logits[:, :seen].argmax(1) == labels).sum())
             task_logits = logits[:, task.classes.start : task.classes.stop]
             correct_til += int((task_logits.argmax(1) + task.classes.start == labels).sum())
@@ -47,4 +84,36 @@ def evaluate_seen_tasks(
         til.append(100.0 * correct_til / total)
         correct_total += correct_cil
         count_total += len(test_set)
-    return StageAccuracy(cil, til, 100.0 * correct_total / max(count_total, 1))
+    equizero = None
+    if method.config.eval_canonicalize == "equizero":  # transformed inputs: no cache
+        test_sets = [data.test_set(data.stream.task(i)) for i in range(current.index + 1)]
+        equizero = equizero_accuracies(
+            method.classifier(state),
+            method.backbone.preprocess,
+            test_sets,
+            seen,
+            method.config.eval_group,
+            method.config.batch_size,
+        )
+    return StageAccuracy(cil, til, 100.0 * correct_total / max(count_total, 1), equizero)
+
+
+def _pixel_logits(
+    method: Method, state: State, test_set: InMemoryImages
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) batches from the classifier on pixels."""
+    classifier = method.classifier(state)
+    for images, labels in batches(test_set, method.config.batch_size):
+        yield classifier(method.backbone.preprocess(images)), labels
+
+
+def _feature_logits(
+    split, features: list[torch.Tensor], test_set: InMemoryImages, method: Method
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) batches from the head on stored features."""
+    device = method.backbone.device
+    labels = torch.as_tensor(test_set.labels)
+    size = method.config.batch_size
+    for start in range(0, len(labels), size):
+        batch = [f[start : start + size].to(device) for f in features]
+        yield split.head(batch), labels[start : start + size]

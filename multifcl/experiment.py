@@ -9,6 +9,7 @@ from functools import lru_cache
 from multifcl.backbones import Backbone, load_backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import FederatedStream, load_splits
+from multifcl.data.sources import check_data_present
 from multifcl.methods import Method, build_method
 
 
@@ -23,7 +24,8 @@ class Experiment:
 @lru_cache(maxsize=2)
 def load_experiment(config: ExperimentConfig) -> Experiment:
     """Build (or reuse, within this process) the experiment for `config`."""
-    backbone = load_backbone(config.backbone, config.device, config.image_size)
+    check_data_present(config)  # a missing data set is named before a large model loads
+    backbone = load_backbone(config.backbone, config.device, config.image_size, config.precision)
     data = FederatedStream(load_splits(config, backbone.image_size), config)
     method = build_method(config, backbone, data.stream.class_names)
     return Experiment(config, backbone, data, method)

@@ -1,4 +1,10 @@
-"""The message protocol between the server and clients: record names and conversions."""
+"""The message protocol between the server and clients: record names and conversions.
+
+Floating arrays travel as float32, or as float16 in client uploads when
+`transmit-dtype = "float16"`; receivers always get float32 back. Bytes are those Flower
+actually serializes: the record's object tree (record, arrays, data chunks), each distinct
+object once.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +20,46 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 
 
-def state_to_record(state: State) -> ArrayRecord:
-    return ArrayRecord({key: Array(np.ascontiguousarray(value)) for key, value in state.items()})
+def state_to_record(state: State, float_dtype: str = "float32") -> ArrayRecord:
+    """The arrays as a Flower record; floating arrays cast to `float_dtype` first."""
+    wire = np.dtype(float_dtype)
+    return ArrayRecord(
+        {
+            key: Array(np.ascontiguousarray(value, wire if _is_float(value) else None))
+            for key, value in state.items()
+        }
+    )
 
 
 def record_to_state(record: ArrayRecord) -> State:
-    return {key: array.numpy() for key, array in record.items()}
+    """The record's arrays; floating arrays as float32, whatever they travelled as."""
+    state = {}
+    for key, array in record.items():
+        value = array.numpy()
+        state[key] = value.astype(np.float32, copy=False) if _is_float(value) else value
+    return state
 
 
 def record_bytes(record: ArrayRecord) -> int:
-    """Bytes of the serialized arrays, as they travel."""
-    return sum(len(array.data) for array in record.values())
+    """Bytes Flower serializes for the record: every distinct object of its tree once."""
+    seen: set[str] = set()
+
+    def size(node) -> int:
+        if node.object_id in seen:
+            return 0
+        seen.add(node.object_id)
+        return len(node.deflate()) + sum(size(child) for child in (node.children or {}).values())
+
+    return size(record)
 
 
-def update_to_content(update: ClientUpdate) -> RecordDict:
+def update_to_content(update: ClientUpdate, transmit_dtype: str = "float32") -> RecordDict:
+    """A client's reply: its arrays (floats as `transmit_dtype`) and its metrics."""
     metrics = {NUM_EXAMPLES: update.num_examples, **update.metrics}
     if update.train_loss is not None:
         metrics[TRAIN_LOSS] = float(update.train_loss)
-    return RecordDict({ARRAYS: state_to_record(update.arrays), METRICS: MetricRecord(metrics)})
+    arrays = state_to_record(update.arrays, transmit_dtype)
+    return RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
 
 
 def content_to_update(content: RecordDict) -> ClientUpdate:
@@ -44,3 +72,7 @@ def content_to_update(content: RecordDict) -> ClientUpdate:
         None if loss is None else float(loss),
         {key: float(value) for key, value in metrics.items()},
     )
+
+
+def _is_float(value: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(value).dtype, np.floating)

@@ -313,3 +313,15 @@ def test_class_name_files_travel_with_the_app_bundle():
     files = sorted(folder.iterdir())
     assert [f.suffix for f in files] == [".json", ".json"]  # the FAB takes *.json, not *.txt
     assert all(json.loads(f.read_text())["classes"] for f in files)
+
+
+def test_a_missing_archive_data_set_is_named_before_the_backbone_loads(tmp_path, monkeypatch):
+    import multifcl.experiment as experiment
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the data were checked")
+
+    monkeypatch.setattr(experiment, "load_backbone", must_not_load)
+    config = ExperimentConfig(dataset="cub200", data_root=tmp_path / "nowhere")
+    with pytest.raises(DataError, match="CUB_200_2011.tgz"):
+        experiment.load_experiment(config)

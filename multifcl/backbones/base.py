@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multifcl.backbones.precision import backbone_autocast
+
 AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
 
 
@@ -36,6 +38,7 @@ class Backbone(nn.Module):
     feature_dim: int
     lora_targets: tuple[str, ...]
     token_features: bool  # True: blocks output N x tokens x d; False: N x C x H x W
+    precision: str = "fp32"  # "bf16": passes run under bf16 autocast, features leave as fp32
 
     def __init__(
         self, name: str, image_size: int, mean: Sequence[float], std: Sequence[float]
@@ -79,12 +82,17 @@ class Backbone(nn.Module):
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         return (pixels - self.mean) / self.std
 
+    def autocast(self):
+        """The autocast context of this backbone's passes (`precision`)."""
+        return backbone_autocast(self.device, self.precision)
+
     def hidden_before(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
         """The block input of block `block` (0-based); `num_blocks` gives the last output."""
-        hidden = self.stem(pixels)
-        for layer in self.blocks[:block]:
-            hidden = self.run_block(layer, hidden)
-        return hidden
+        with self.autocast():
+            hidden = self.stem(pixels)
+            for layer in self.blocks[:block]:
+                hidden = self.run_block(layer, hidden)
+        return hidden.float()
 
     def taps(
         self, pixels: torch.Tensor, taps: Sequence[int], after_block: AfterBlock | None = None
@@ -96,19 +104,23 @@ class Backbone(nn.Module):
         wanted = {self.tap_blocks[tap]: tap for tap in taps}
         last_block = max(wanted)
         features: dict[int, torch.Tensor] = {}
-        hidden = self.stem(pixels)
-        for index, layer in enumerate(self.blocks[: last_block + 1]):
-            hidden = self.run_block(layer, hidden)
-            if after_block is not None:
-                hidden = after_block(index, hidden)
-            if index in wanted:
-                is_final = index == self.num_blocks - 1
-                features[wanted[index]] = self.final(hidden) if is_final else self.pool(hidden)
+        with self.autocast():
+            hidden = self.stem(pixels)
+            for index, layer in enumerate(self.blocks[: last_block + 1]):
+                hidden = self.run_block(layer, hidden)
+                if after_block is not None:
+                    hidden = after_block(index, hidden)
+                if index in wanted:
+                    is_final = index == self.num_blocks - 1
+                    pooled = self.final(hidden) if is_final else self.pool(hidden)
+                    features[wanted[index]] = pooled.float()
         return [features[tap] for tap in taps]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The final image feature."""
-        return self.final(self.hidden_before(pixels, self.num_blocks))
+        with self.autocast():
+            final = self.final(self.hidden_before(pixels, self.num_blocks))
+        return final.float()
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -27,11 +27,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 @lru_cache(maxsize=2)
-def load_backbone(name: str, device: str = "cpu", image_size: int = 0) -> Backbone:
+def load_backbone(
+    name: str, device: str = "cpu", image_size: int = 0, precision: str = "fp32"
+) -> Backbone:
     """The frozen backbone `name`, loaded once per process.
 
     `image_size` > 0 sets the input size where the backbone allows it (CNNs); 0 keeps
-    the backbone's own default.
+    the backbone's own default. `precision` "bf16" runs its passes under bf16 autocast.
     """
     if name in PRESETS:
         backbone: Backbone = TransformerBackbone(PRESETS[name](), name)
@@ -45,4 +47,5 @@ def load_backbone(name: str, device: str = "cpu", image_size: int = 0) -> Backbo
         backbone = load_timm_backbone(name[len(TIMM_PREFIX) :], image_size)
     else:
         backbone = load_hugging_face_vit(name)
+    backbone.precision = precision
     return backbone.to(resolve_device(device))

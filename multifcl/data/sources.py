@@ -15,11 +15,11 @@ import torch
 
 from multifcl.config import ExperimentConfig
 from multifcl.data.cifar100 import load_cifar100_splits
-from multifcl.data.cub200 import load_cub200_splits
-from multifcl.data.imagenet_r import load_imagenet_r_splits
+from multifcl.data.cub200 import CUB200, load_cub200_splits
+from multifcl.data.imagenet_r import IMAGENET_R, load_imagenet_r_splits
 from multifcl.data.images import IMAGE_SUFFIXES, DataError, ImageFiles, InMemoryImages
 from multifcl.data.splits import DatasetSplits
-from multifcl.data.tiny_imagenet import load_tiny_imagenet_splits
+from multifcl.data.tiny_imagenet import TINY_IMAGENET, load_tiny_imagenet_splits
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_TEST_FRACTION = 0.25
@@ -108,6 +108,19 @@ def _list_image_files(split_root: Path, class_names: list[str], image_size: int)
         paths.extend(files)
         labels.extend([label] * len(files))
     return ImageFiles(paths, np.asarray(labels, dtype=np.int64), image_size)
+
+
+ARCHIVES_REQUIRED = {"imagenet-r": IMAGENET_R, "cub200": CUB200}
+ARCHIVES_OPTIONAL = {"tiny-imagenet": TINY_IMAGENET}  # without data-root: the Hub copy
+
+
+def check_data_present(config: ExperimentConfig) -> None:
+    """Fail in one line, before any model is loaded, when an archive data set is missing."""
+    archive = ARCHIVES_REQUIRED.get(config.dataset)
+    if archive is None and config.data_root is not None:
+        archive = ARCHIVES_OPTIONAL.get(config.dataset)
+    if archive is not None:
+        archive.locate(config.data_root)
 
 
 SOURCES: dict[str, Callable[[ExperimentConfig, int], DatasetSplits]] = {

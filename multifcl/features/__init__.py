@@ -1,0 +1,19 @@
+"""Features computed once per frozen encoder and reused: the client and evaluation caches."""
+
+from multifcl.features.cache import (
+    FeatureCache,
+    FeatureKey,
+    data_fingerprint,
+    encoder_fingerprint,
+    feature_cache_for,
+)
+from multifcl.features.split import FeatureSplit
+
+__all__ = [
+    "FeatureCache",
+    "FeatureKey",
+    "FeatureSplit",
+    "data_fingerprint",
+    "encoder_fingerprint",
+    "feature_cache_for",
+]
