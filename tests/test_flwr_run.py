@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.local_flower import LocalFlower, superlink_is_running
+from multifcl.local_flower import LocalFlower, superlink_is_running
 
 APP_DIR = Path(__file__).resolve().parents[1]
 

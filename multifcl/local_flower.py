@@ -1,5 +1,8 @@
-"""Drive `flwr run` in simulation from Python: a private FLWR_HOME, the runtime dependency
-install off, the run's status read back with `flwr list`, and the SuperLink ended by its id."""
+"""Drive the `flwr` command line in simulation: a private FLWR_HOME, the runtime dependency
+install off, the run's status read back with `flwr list`, and the SuperLink ended by its id.
+
+Only the `flwr` executable is run (as a subprocess); nothing here imports Flower.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 LOCAL_SUPERLINK_PORT = 39091  # the port `flwr` uses for the SuperLink it starts itself
+RUN_TIMEOUT_SECONDS = 7 * 24 * 3600.0  # `flwr run --stream` lasts as long as the run
 
 
 @dataclass
@@ -72,7 +76,13 @@ class LocalFlower:
             check=False,
         )
 
-    def run(self, app: Path, overrides: str | list[str] = "", federation: str = "") -> FlowerRun:
+    def run(
+        self,
+        app: Path,
+        overrides: str | list[str] = "",
+        federation: str = "",
+        timeout: float = RUN_TIMEOUT_SECONDS,
+    ) -> FlowerRun:
         """`flwr run APP --stream` to the end; the status comes from `flwr list`.
 
         `overrides`: one run-config string, or several (TOML files or strings, applied in order).
@@ -83,7 +93,7 @@ class LocalFlower:
         for override in [overrides] if isinstance(overrides, str) else overrides:
             if override:
                 args += ["-c", override]
-        started = self.flwr(*args)
+        started = self.flwr(*args, timeout=timeout)
         try:
             reply = json.loads(started.stdout)
         except json.JSONDecodeError:

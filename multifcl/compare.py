@@ -1,0 +1,407 @@
+"""Compare methods or presets over seeds, through the same simulation path as `flwr run`.
+
+    multifcl compare --methods prototypes finetune multifcl --seeds 0 1 2 --out runs/cifar10 \\
+        --overrides "dataset='imagefolder' data-root='/abs/cifar10-jpg' num-tasks=5"
+    python -m multifcl.compare --methods configs/ablation/*.toml --seeds 0 --out runs/ablation
+
+Each row (a method name, or a preset .toml file whose stem is its label) runs once per seed
+with `flwr run` on a local simulation SuperLink, into OUT/runs/<label>-seed<k>/. Calling
+again with the same OUT skips the runs that finished (metrics.json holds every task); an
+unfinished leftover is moved to OUT/unfinished/ and run again. Then OUT gets comparison.md
+and comparison.csv (Last, Avg, Forgetting, BWT and TIL Last as mean ± std over seeds, bytes
+and seconds per round), accuracy_curves.png, last_accuracy.png and bytes_per_round.png;
+flwr's log of each run is kept in OUT/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Self
+
+from multifcl.cli import CommandError
+from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.reporting import figures
+from multifcl.reporting.comparison_table import comparison_rows, markdown_table, write_csv
+from multifcl.reporting.run_results import RunResults, is_finished
+from multifcl.results.run_directory import FORMULAS
+
+SUMMARY = "run methods or presets over seeds with flwr run, then tabulate and plot them"
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml and its modules
+RESERVED_KEYS = {  # set per run by the runner
+    "seed": "use --seeds",
+    "output-dir": "use --out",
+    "resume-from": "a comparison reruns its unfinished runs itself",
+}
+FEDERATION_DEFAULTS = {"num-supernodes": 2, "client-resources-num-cpus": 1}
+KEY_VALUE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own `-c` syntax
+# keys that do not change a run's results: a finished run is reused whatever they say
+CONFIG_KEYS_NOT_COMPARED = ("output-dir", "logger")
+
+RunConfig = dict[str, bool | int | float | str]
+
+
+class RunFailed(CommandError):
+    """A planned run did not complete; rerunning the comparison resumes from it."""
+
+    exit_status = 1
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One row and seed: where it writes, what it overrides, and the config that gives."""
+
+    label: str
+    seed: int
+    run_dir: Path
+    overrides: RunConfig  # the preset's pairs, then --overrides, then seed and output-dir
+    config: ExperimentConfig  # the overrides over the app's defaults, validated
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def overrides_text(self) -> str:
+        """The overrides as one `flwr run -c` string."""
+        return _pairs_text(self.overrides)
+
+
+@dataclass(frozen=True)
+class ComparisonPlan:
+    """Every planned run, in order (row by row, seed by seed), and the shared settings."""
+
+    out: Path
+    labels: list[str]
+    seeds: list[int]
+    runs: list[PlannedRun]
+    shared_overrides: RunConfig
+    federation: RunConfig
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.federation["num-supernodes"])
+
+    def federation_text(self) -> str:
+        return _pairs_text(self.federation)
+
+
+Launch = Callable[[PlannedRun], None]  # runs one planned run to the end, into run.run_dir
+
+
+def plan_comparison(
+    rows: list[str],
+    seeds: list[int],
+    out: Path,
+    overrides: str = "",
+    federation: str = "",
+    app_dir: Path = APP_DIR,
+) -> ComparisonPlan:
+    """Validate every input and every run's config (one-line errors) before anything runs."""
+    if not rows:
+        raise CommandError("--methods: name at least one method or preset file")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise CommandError(f"--seeds: expected distinct integers >= 0, got {seeds}")
+    defaults = app_defaults(app_dir)
+    shared = parse_key_values(overrides, "--overrides")
+    _refuse_reserved(shared, "--overrides")
+    settings = {**FEDERATION_DEFAULTS, **parse_key_values(federation, "--federation")}
+    clients = settings["num-supernodes"]
+    if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
+        raise CommandError(f"--federation: num-supernodes must be an integer >= 1, got {clients!r}")
+    out = Path(out).expanduser().resolve()
+    row_pairs = dict(_row(row) for row in rows)
+    if len(row_pairs) != len(rows):
+        raise CommandError(f"--methods: two rows have the same label (method or file stem): {rows}")
+    runs = []
+    for label, pairs in row_pairs.items():
+        for seed in seeds:
+            run_dir = out / "runs" / f"{label}-seed{seed}"
+            values = {**pairs, **shared, "seed": seed, "output-dir": str(run_dir)}
+            try:
+                config = ExperimentConfig.from_run_config({**defaults, **values})
+            except ConfigError as error:
+                raise CommandError(f"{label}: {error}") from None
+            runs.append(PlannedRun(label, seed, run_dir, _absolute_paths(values, config), config))
+    return ComparisonPlan(out, list(row_pairs), list(seeds), runs, shared, settings)
+
+
+def run_comparison(
+    plan: ComparisonPlan, launch: Launch, echo: Callable[[str], None] = print
+) -> list[Path]:
+    """Run what is not finished yet, then write the table and plots; return those files."""
+    done_before = {run.name for run in plan.runs if is_finished(run.run_dir)}
+    for run in plan.runs:
+        if run.name in done_before:
+            _check_same_config(run, plan.num_clients)
+    started = time.monotonic()
+    pending = len(plan.runs) - len(done_before)
+    durations: list[float] = []
+    for index, run in enumerate(plan.runs, start=1):
+        prefix = f"[{index}/{len(plan.runs)}] {run.label} seed {run.seed}"
+        if run.name in done_before:
+            echo(f"{prefix}: finished before, skipped")
+            continue
+        if run.run_dir.exists():
+            moved = _move_aside(run.run_dir, plan.out / "unfinished")
+            echo(f"{prefix}: moved the unfinished leftover to {moved}")
+        echo(f"{prefix}: running -> {run.run_dir} (elapsed {_clock(time.monotonic() - started)})")
+        run_started = time.monotonic()
+        launch(run)
+        if not is_finished(run.run_dir):
+            raise RunFailed(f"{prefix}: the run ended without finishing every task ({run.run_dir})")
+        durations.append(time.monotonic() - run_started)
+        left = (pending - len(durations)) * sum(durations) / len(durations)
+        last = RunResults.load(run.run_dir).metrics["last"]
+        echo(
+            f"{prefix}: Last {last:.2f} in {_clock(durations[-1])} "
+            f"(elapsed {_clock(time.monotonic() - started)}, about {_clock(left)} left)"
+        )
+    return write_comparison(plan)
+
+
+def write_comparison(plan: ComparisonPlan) -> list[Path]:
+    """comparison.md, comparison.csv and the plots, from the finished runs of the plan."""
+    groups = {
+        label: [RunResults.load(run.run_dir) for run in plan.runs if run.label == label]
+        for label in plan.labels
+    }
+    rows = comparison_rows(groups)
+    header = (
+        "# Comparison\n\n"
+        f"Rows: {', '.join(plan.labels)}; seeds: {' '.join(map(str, plan.seeds))}; "
+        f"overrides: `{_pairs_text(plan.shared_overrides) or 'none'}`; "
+        f"federation: `{plan.federation_text()}`.\n\n"
+        "CIL accuracy in percent, mean ± std over seeds (std with ddof=1; n/a for one seed). "
+        f"Forgetting: {FORMULAS['forgetting']}; BWT: {FORMULAS['bwt']} (a[t][j]: "
+        f"{FORMULAS['a[t][j]']}). Bytes per round are summed over clients; bytes, seconds: "
+        "mean over rounds (rounds.csv), then over seeds.\n\n"
+    )
+    markdown = plan.out / "comparison.md"
+    markdown.write_text(header + markdown_table(rows))
+    written = [markdown, write_csv(rows, plan.out / "comparison.csv")]
+    written.append(
+        figures.stage_curves(
+            {label: [r.metrics["stage_accuracy"] for r in runs] for label, runs in groups.items()},
+            plan.out / "accuracy_curves.png",
+        )
+    )
+    written.append(
+        figures.last_bars(
+            {label: [r.metrics["last"] for r in runs] for label, runs in groups.items()},
+            plan.out / "last_accuracy.png",
+        )
+    )
+    written.append(
+        figures.bytes_per_round(
+            {label: [r.bytes_per_round() for r in runs] for label, runs in groups.items()},
+            plan.out / "bytes_per_round.png",
+        )
+    )
+    return written
+
+
+class FlowerLauncher:
+    """Runs planned runs with `flwr run` on a local simulation SuperLink that it owns.
+
+    The SuperLink starts with the first run and is ended on exit (use as a context manager).
+    """
+
+    def __init__(self, plan: ComparisonPlan, app_dir: Path = APP_DIR) -> None:
+        self.app_dir = app_dir
+        self.federation = plan.federation_text()
+        self.logs = plan.out / "logs"
+        self.workdir = plan.out
+        self._flower = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._flower is not None:
+            self._flower.close()
+
+    def __call__(self, run: PlannedRun) -> None:
+        from multifcl.local_flower import LocalFlower, superlink_is_running
+
+        if self._flower is None:
+            if superlink_is_running():
+                raise CommandError(
+                    "a SuperLink already listens on the local port; end it first (it would be "
+                    "reused with the environment it was started with)"
+                )
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._flower = LocalFlower(workdir=self.workdir)
+        try:
+            result = self._flower.run(self.app_dir, run.overrides_text(), self.federation)
+        except RuntimeError as error:
+            raise RunFailed(f"{run.name}: {error}") from None
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{run.name}.log"
+        log.write_text(result.logs)
+        if not result.completed:
+            raise RunFailed(
+                f"{run.name}: flwr run {result.run_id} {result.status}: "
+                f"{result.details.strip() or 'no details'} (log: {log})"
+            )
+
+
+def app_defaults(app_dir: Path) -> RunConfig:
+    """The run-config defaults of the Flower app (`[tool.flwr.app.config]` in pyproject.toml)."""
+    try:
+        pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
+        return dict(pyproject["tool"]["flwr"]["app"]["config"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as error:
+        raise CommandError(
+            f"--app: {str(app_dir)!r} has no readable pyproject.toml with "
+            f"[tool.flwr.app.config] ({type(error).__name__}: {error})"
+        ) from None
+
+
+def parse_key_values(text: str, option: str) -> RunConfig:
+    """`key=value ...` in flwr's `-c` syntax (TOML values: 'text', 1, 0.5, true)."""
+    pairs = KEY_VALUE.findall(text)
+    leftover = KEY_VALUE.sub("", text).strip()
+    if leftover:
+        raise CommandError(f"{option}: {leftover!r} is not key=value")
+    try:
+        return tomllib.loads("\n".join(f"{key} = {value}" for key, value in pairs))
+    except tomllib.TOMLDecodeError as error:
+        raise CommandError(
+            f"{option}: {text!r} is not key=value pairs with TOML values "
+            f"(strings in quotes, e.g. dataset='digits' lr=0.01 use-experts=false): {error}"
+        ) from None
+
+
+def _row(row: str) -> tuple[str, RunConfig]:
+    """A row's label and its overrides: a preset file's pairs, or `method=<name>`."""
+    if not row.endswith(".toml"):
+        from multifcl.methods import METHODS
+
+        if row not in METHODS:
+            raise CommandError(
+                f"--methods: {row!r} is neither a method ({', '.join(METHODS)}) "
+                "nor a preset .toml file"
+            )
+        return row, {"method": row}
+    path = Path(row)
+    try:
+        pairs = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise CommandError(f"--methods: preset file {row!r} cannot be read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CommandError(f"--methods: preset file {row!r} is not valid TOML: {error}") from None
+    for key, value in pairs.items():
+        if not isinstance(value, bool | int | float | str):
+            raise CommandError(f"--methods: preset file {row!r}: key {key!r} is not a flat value")
+    _refuse_reserved(pairs, f"preset file {row!r}")
+    return path.stem, pairs
+
+
+def _refuse_reserved(pairs: Mapping[str, object], where: str) -> None:
+    for key, hint in RESERVED_KEYS.items():
+        if key in pairs:
+            raise CommandError(f"{where}: sets {key!r}, which the runner sets per run ({hint})")
+
+
+def _absolute_paths(values: RunConfig, config: ExperimentConfig) -> RunConfig:
+    """Path keys as the absolute paths the config resolved (the ServerApp runs elsewhere)."""
+    resolved = dict(values)
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if FIELD_TYPES.get(name) == "Path | None" and isinstance(value, str) and value.strip():
+            resolved[key] = str(getattr(config, name))
+    return resolved
+
+
+def _check_same_config(run: PlannedRun, num_clients: int) -> None:
+    """Refuse to reuse a finished run whose saved config differs from the planned one."""
+    saved = RunResults.load(run.run_dir).config
+    wanted = {**run.config.to_run_config(), "num-clients": num_clients}
+    for key, value in wanted.items():
+        if key in saved and key not in CONFIG_KEYS_NOT_COMPARED and saved[key] != value:
+            raise CommandError(
+                f"{run.run_dir} finished with {key}={saved[key]!r} but this comparison asks for "
+                f"{key}={value!r}; use another --out or remove that run"
+            )
+
+
+def _move_aside(folder: Path, parking: Path) -> Path:
+    parking.mkdir(parents=True, exist_ok=True)
+    target = parking / f"{folder.name}-{datetime.now():%Y%m%d-%H%M%S-%f}"
+    shutil.move(folder, target)
+    return target
+
+
+def _toml_value(value: bool | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        if "'" not in value:
+            return f"'{value}'"
+        if '"' in value or "\\" in value:
+            raise CommandError(f"value {value!r} holds both quote kinds; flwr cannot take it")
+        return f'"{value}"'
+    return repr(value)
+
+
+def _pairs_text(pairs: RunConfig) -> str:
+    """`key=value ...` as flwr's `-c` and `--federation-config` take them."""
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in pairs.items())
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        metavar="ROW",
+        help="method names (e.g. prototypes finetune multifcl) or preset .toml files",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="default: 0")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder; the same folder resumes"
+    )
+    parser.add_argument(
+        "--overrides", default="", help="run-config pairs for every run: \"k='text' n=1 x=0.5\""
+    )
+    parser.add_argument(
+        "--federation",
+        default="",
+        help="flwr --federation-config pairs; num-supernodes is the number of clients "
+        "(default: num-supernodes=2 client-resources-num-cpus=1)",
+    )
+    parser.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_comparison(
+        args.methods, args.seeds, args.out, args.overrides, args.federation, args.app.resolve()
+    )
+    print(
+        f"{len(plan.runs)} runs ({len(plan.labels)} rows x {len(plan.seeds)} seeds) -> {plan.out}"
+    )
+    with FlowerLauncher(plan, args.app.resolve()) as launch:
+        written = run_comparison(plan, launch)
+    print()
+    print((plan.out / "comparison.md").read_text())
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    from multifcl.cli import main
+
+    sys.exit(main(["compare", *sys.argv[1:]]))

@@ -1,0 +1,112 @@
+"""The report: every figure from finished tiny runs, partition.json and its rebuild."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+from matplotlib.image import imread
+
+from clients.client_app import train
+from multifcl.cli import main
+from multifcl.config import ExperimentConfig
+from multifcl.experiment import load_experiment
+from multifcl.reporting import RunResults
+from multifcl.reporting.report import partition_of, render_report
+from server.continual_loop import run_continual_learning
+from tests.conftest import TINY, InProcessGrid
+
+NUM_CLIENTS = 3
+
+
+def tiny_config(folder, seed: int) -> ExperimentConfig:
+    values = {**TINY, "method": "prototypes", "partition": "dirichlet", "beta": 0.5}
+    values.update(rounds_per_task=1, seed=seed, output_dir=folder)
+    return ExperimentConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """Two seeds of one tiny prototypes run over three clients (made once for this module)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    base = tmp_path_factory.mktemp("runs")
+    for seed in (0, 1):
+        config = tiny_config(base / f"prototypes-seed{seed}", seed)
+        grid = InProcessGrid(train, config.to_run_config(), num_nodes=NUM_CLIENTS)
+        run_continual_learning(grid, config, base_dir=base)
+    return [base / "prototypes-seed0", base / "prototypes-seed1"]
+
+
+def test_partition_json_holds_each_clients_class_counts(finished_runs):
+    saved = json.loads((finished_runs[1] / "partition.json").read_text())
+    data = load_experiment(tiny_config(finished_runs[1], seed=1)).data
+    assert saved["num_clients"] == NUM_CLIENTS and saved["class_names"] == data.stream.class_names
+    for task, entry in zip(data.stream, saved["tasks"], strict=True):
+        assert entry["classes"] == list(task.classes)
+        parts = data.client_parts(task, NUM_CLIENTS)
+        expected = [
+            np.bincount(data.stream.train_labels[p] - task.classes.start, minlength=5).tolist()
+            for p in parts
+        ]
+        assert entry["counts"] == expected
+        assert sum(map(sum, entry["counts"])) == len(data.stream.train_indices(task))
+
+
+def test_report_renders_every_figure(finished_runs, tmp_path):
+    runs = [RunResults.load(path) for path in finished_runs]
+    messages: list[str] = []
+    written = render_report(runs, tmp_path / "report", echo=messages.append)
+    assert sorted(path.name for path in written) == [
+        "accuracy_curves.png",
+        "accuracy_matrix-prototypes-seed0.png",
+        "accuracy_matrix-prototypes-seed1.png",
+        "bytes_per_round.png",
+        "partition-prototypes-seed0.png",
+        "partition-prototypes-seed1.png",
+    ]
+    for path in written:
+        height, width, _ = imread(path).shape
+        assert height >= 400 and width >= 500, path.name
+    assert messages == []  # the seeds' partitions differ: both are drawn, none is rebuilt
+
+
+def test_without_partition_json_the_report_rebuilds_it_and_draws_it_once(finished_runs, tmp_path):
+    copy = tmp_path / "older-run"
+    shutil.copytree(finished_runs[0], copy)
+    (copy / "partition.json").unlink()
+    original, older = RunResults.load(finished_runs[0]), RunResults.load(copy)
+    assert partition_of(older) == original.partition()
+
+    messages: list[str] = []
+    written = render_report([original, older], tmp_path / "report", echo=messages.append)
+    assert [p.name for p in written if p.name.startswith("partition")] == [
+        "partition-prototypes-seed0.png"
+    ]
+    assert messages == [
+        "partition of older-run is the same as that of prototypes-seed0: drawn once"
+    ]
+
+
+def test_the_command_writes_into_the_first_run_by_default(finished_runs, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_runs[0], copy)
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report" / "accuracy_curves.png").is_file()
+    assert str(copy / "report" / "bytes_per_round.png") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda folder: None, "does not exist"),
+        (lambda folder: folder.mkdir(), "config.json' is missing: not a run folder"),
+    ],
+)
+def test_a_folder_that_is_not_a_run_is_refused_in_one_line(tmp_path, capsys, make, message):
+    make(tmp_path / "nope")
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("multifcl report: ") and message in err and "\n" not in err
