@@ -1,45 +1,37 @@
-"""The server's task loop: rounds per task, evaluation after each task, results on disk."""
+"""The server's task loop: rounds per task, evaluation after each task, results and a
+checkpoint on disk after every round, so an interrupted run continues where it stopped."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
-from flwr.app import ConfigRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from multifcl.config import ExperimentConfig
 from multifcl.evaluation import evaluate_seen_tasks
-from multifcl.experiment import load_experiment
+from multifcl.experiment import Experiment, load_experiment
+from multifcl.metrics import RoundRecord
 from multifcl.results import RunDirectory, default_output_dir, print_summary
+from multifcl.results.checkpoints import Checkpoint, RngStates, save_task_state
+from multifcl.results.resume import check_same_clients, open_resumable_run
 from strategies import ContinualStrategy
+from strategies.continual import RoundFailed
 from strategies.records import record_to_state, state_to_record
 
 NODE_WAIT_SECONDS = 120.0
 NODE_SETTLE_SECONDS = 1.0
-ROUND_TIMEOUT_SECONDS = 24 * 3600.0
 
 
 def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path) -> dict:
-    """Run the whole task stream over the grid's nodes; return the final metrics."""
-    output_dir = config.output_dir or default_output_dir(config, base_dir)
-    run_dir = RunDirectory(output_dir)  # refuses a folder that already holds a run
-    experiment = load_experiment(config)
+    """Run the whole task stream over the grid's nodes, or continue the run in `resume-from`
+    from its last checkpoint; return the final metrics."""
+    run_dir, experiment, num_clients, checkpoint = _start_or_resume(grid, config, base_dir)
     stream = experiment.data.stream
-    num_clients = _wait_for_nodes(grid)
-    experiment.data.check_clients(num_clients)
-    experiment.data.check_readable()
-    run_dir.start(
-        config,
-        {
-            "num-clients": num_clients,
-            "num-classes": stream.num_classes,
-            "class-order": stream.class_order.tolist(),
-            "class-names": stream.class_names,
-        },
-    )
     log(
         INFO,
         "multifcl: %s on %s, %d tasks x %d rounds, %d clients -> %s",
@@ -51,42 +43,61 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
         run_dir.path,
     )
 
-    def on_round(record) -> None:
-        run_dir.append_round(record)
-        loss = "" if record.train_loss is None else f", train loss {record.train_loss:.4f}"
-        log(
-            INFO,
-            "task %d/%d round %d/%d: %d clients, %.1f s, up %d B, down %d B%s",
-            record.task,
-            stream.num_tasks,
-            record.round,
-            config.rounds_per_task,
-            record.clients,
-            record.seconds,
-            record.bytes_up,
-            record.bytes_down,
-            loss,
-        )
-
-    strategy = ContinualStrategy(experiment.method, on_round=on_round)
-    state = experiment.method.initial_state()
-    cil, til, all_seen = [], [], []
-    metrics: dict = {}
+    round_log = _RoundLog(run_dir, checkpoint.rounds_logged, stream.num_tasks, config)
+    strategy = ContinualStrategy(
+        experiment.method,
+        stream,
+        round_timeout=config.round_timeout,
+        min_fit_fraction=config.min_fit_fraction,
+        max_round_retries=config.max_round_retries,
+        num_clients=num_clients,
+        on_round=round_log.append,
+    )
+    state = checkpoint.state
+    cil, til, all_seen = list(checkpoint.cil), list(checkpoint.til), list(checkpoint.cil_all_seen)
+    metrics: dict | None = None
     for task in stream:
+        if len(cil) > task.index:  # evaluated before the run was interrupted
+            continue
         started = time.perf_counter()
-        result = strategy.start(
-            grid,
-            state_to_record(state),
-            num_rounds=config.rounds_per_task,
-            timeout=ROUND_TIMEOUT_SECONDS,
-            train_config=ConfigRecord({"task": task.index}),
-        )
-        state = record_to_state(result.arrays)
+        first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
+        arrays = state_to_record(state)
+        for server_round in range(first_round, config.rounds_per_task + 1):
+            try:
+                arrays = strategy.train_round(grid, arrays, task, server_round)
+            except RoundFailed as error:
+                raise RoundFailed(
+                    f"{error}. The run stopped; its last complete round is checkpointed in "
+                    f"{str(run_dir.path)!r}: fix the clients, then continue it with "
+                    f"resume-from='{run_dir.path}'"
+                ) from None
+            state = record_to_state(arrays)
+            checkpoint = _advance(
+                checkpoint,
+                task=task.index,
+                rounds_done=server_round,
+                state=state,
+                rounds_logged=round_log.rows,
+            )
+            checkpoint.save(run_dir.path)
         stage = evaluate_seen_tasks(experiment.method, state, experiment.data, task)
         cil.append(stage.cil)
         til.append(stage.til)
         all_seen.append(stage.cil_all_seen)
         metrics = run_dir.write_metrics(cil, til, all_seen, stream.num_tasks)
+        if config.save_task_checkpoints:
+            save_task_state(run_dir.path, task.index, state)
+        checkpoint = _advance(
+            checkpoint,
+            task=task.index,
+            rounds_done=config.rounds_per_task,
+            state=state,
+            cil=list(cil),
+            til=list(til),
+            cil_all_seen=list(all_seen),
+            rounds_logged=round_log.rows,
+        )
+        checkpoint.save(run_dir.path)
         log(
             INFO,
             "task %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
@@ -96,11 +107,124 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
             [round(a, 1) for a in stage.cil],
             metrics["stage_accuracy"][-1],
         )
+    if metrics is None:  # resumed a run that had already finished
+        log(INFO, "multifcl: every task of %s was already done", run_dir.path)
+        metrics = json.loads((run_dir.path / "metrics.json").read_text())
     for path in experiment.method.export(state, run_dir.path / "adapters"):
         log(INFO, "multifcl: adapters exported to %s", path)
     print_summary(metrics, f"{config.method} on {config.dataset}")
     log(INFO, "multifcl: results in %s", run_dir.path)
     return metrics
+
+
+def _start_or_resume(
+    grid: Grid, config: ExperimentConfig, base_dir: Path
+) -> tuple[RunDirectory, Experiment, int, Checkpoint]:
+    """The run folder, the experiment, the number of clients and the checkpoint to go on
+    from: a new run's initial state, or the last checkpoint of the run in `resume-from`
+    (whose folder, config and checkpoint are checked before the backbone and data load)."""
+    saved_config, checkpoint = None, None
+    if config.resume_from is not None:
+        folder, saved_config, checkpoint = open_resumable_run(config, _warn)
+        run_dir = RunDirectory(folder, config.logger, resume=True)
+    else:
+        output_dir = config.output_dir or default_output_dir(config, base_dir)
+        run_dir = RunDirectory(output_dir, config.logger)  # refuses a folder that holds a run
+    experiment = load_experiment(config)
+    stream = experiment.data.stream
+    num_clients = _wait_for_nodes(grid)
+    experiment.data.check_clients(num_clients)
+    experiment.data.check_readable()
+    if checkpoint is not None:
+        check_same_clients(saved_config, num_clients)
+        run_dir.reopen(config, checkpoint.rounds_logged)
+        checkpoint.rng.restore()
+        log(
+            INFO,
+            "multifcl: resuming %s from %s; next: %s",
+            run_dir.path,
+            checkpoint.file_name,
+            _next_step(checkpoint, config.rounds_per_task, stream.num_tasks),
+        )
+        return run_dir, experiment, num_clients, checkpoint
+    run_dir.start(
+        config,
+        {
+            "num-clients": num_clients,
+            "num-classes": stream.num_classes,
+            "class-order": stream.class_order.tolist(),
+            "class-names": stream.class_names,
+        },
+    )
+    run_dir.write_partition(experiment.data, num_clients)
+    checkpoint = Checkpoint(
+        step=0,
+        task=0,
+        rounds_done=0,
+        state=experiment.method.initial_state(),
+        cil=[],
+        til=[],
+        cil_all_seen=[],
+        rounds_logged=0,
+        rng=RngStates.capture(),
+    )
+    checkpoint.save(run_dir.path)
+    return run_dir, experiment, num_clients, checkpoint
+
+
+class _RoundLog:
+    """Appends each round's record to rounds.csv and the log, counting the rows."""
+
+    def __init__(
+        self, run_dir: RunDirectory, rows: int, num_tasks: int, config: ExperimentConfig
+    ) -> None:
+        self.run_dir = run_dir
+        self.rows = rows
+        self.num_tasks = num_tasks
+        self.rounds_per_task = config.rounds_per_task
+
+    def append(self, record: RoundRecord) -> None:
+        self.run_dir.append_round(record)
+        self.rows += 1
+        loss = "" if record.train_loss is None else f", train loss {record.train_loss:.4f}"
+        retry = "" if record.attempt == 1 else f" (attempt {record.attempt})"
+        log(
+            INFO if record.merged else WARNING,
+            "task %d/%d round %d/%d%s: %d clients%s, %.1f s, up %d B, down %d B%s",
+            record.task,
+            self.num_tasks,
+            record.round,
+            self.rounds_per_task,
+            retry,
+            record.clients,
+            "" if record.merged else " (too few, not merged)",
+            record.seconds,
+            record.bytes_up,
+            record.bytes_down,
+            loss,
+        )
+
+
+def _advance(checkpoint: Checkpoint, **changes) -> Checkpoint:
+    """The next checkpoint: `changes` applied, the step counted on, the RNG states of now."""
+    return dataclasses.replace(
+        checkpoint, step=checkpoint.step + 1, rng=RngStates.capture(), **changes
+    )
+
+
+def _next_step(checkpoint: Checkpoint, rounds_per_task: int, num_tasks: int) -> str:
+    """What a resumed run does first, in words."""
+    if checkpoint.task_evaluated:
+        if checkpoint.task + 1 == num_tasks:
+            return "nothing, every task is done"
+        return f"task {checkpoint.task + 2} round 1"
+    if checkpoint.rounds_done < rounds_per_task:
+        return f"task {checkpoint.task + 1} round {checkpoint.rounds_done + 1}"
+    return f"evaluation of task {checkpoint.task + 1}"
+
+
+def _warn(line: str) -> None:
+    log(WARNING, "%s", line)
 
 
 def _wait_for_nodes(grid: Grid) -> int:

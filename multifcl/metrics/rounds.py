@@ -1,4 +1,5 @@
-"""What one federated round cost: bytes each way, wall time, training loss, failures."""
+"""What one federated round cost: bytes each way, wall time, training loss, and which
+clients failed (raised, timed out, or sent an update that was rejected)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class RoundRecord:
     failures: int = 0
     seconds_per_step: float | None = None  # optimizer step, mean over clients
     class_mean_cosine: float | None = None  # ETF heads: mean pairwise cosine of class means
+    attempt: int = 1  # 1 for the first try; a retried round has one row per attempt
+    merged: bool = True  # False: too few usable replies, the attempt was discarded
+    failed_clients: str = ""  # "node-id: reason; ..." for errors, timeouts and rejected updates
 
     @classmethod
     def columns(cls) -> list[str]:

@@ -1,4 +1,5 @@
-"""Writes a run's results: config.json, rounds.csv, metrics.json and accuracy.png.
+"""Writes a run's results: config.json, partition.json, rounds.csv, metrics.json and
+accuracy.png (and TensorBoard events with `logger = "tensorboard"`).
 
 metrics.json and the plot are rewritten after every task (atomically), so an
 interrupted run still leaves consistent results for the tasks it finished.
@@ -7,6 +8,7 @@ interrupted run still leaves consistent results for the tasks it finished.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -14,7 +16,10 @@ from datetime import datetime
 from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.data import FederatedStream
 from multifcl.metrics import RoundRecord, summarize
+from multifcl.results.partition_file import PARTITION_FILE, partition_counts
+from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
 
 FORMULAS = {
     "a[t][j]": "accuracy (%) on task j's test set after training task t (0-based)",
@@ -36,9 +41,12 @@ def default_output_dir(config: ExperimentConfig, base: Path, now: datetime | Non
 class RunDirectory:
     """One run's output folder."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, logger: str = "none", resume: bool = False) -> None:
         self.path = path.resolve()
-        if (self.path / "metrics.json").exists():
+        if logger == "tensorboard":
+            require_tensorboard()  # before any long work, not at the first round
+        self._tensorboard: TensorBoardLog | None = None
+        if not resume and (self.path / "metrics.json").exists():
             raise ConfigError(
                 f"run config key 'output-dir': {str(self.path)!r} already holds a run "
                 "(metrics.json); choose another folder"
@@ -51,10 +59,32 @@ class RunDirectory:
         _write_atomic(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
         with open(self.path / "rounds.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(RoundRecord.columns())
+        self._open_tensorboard(config)
+
+    def reopen(self, config: ExperimentConfig, rounds_kept: int) -> None:
+        """Continue an interrupted run in this folder: rounds.csv keeps its header and first
+        `rounds_kept` rows (rows written after the resumed checkpoint are dropped)."""
+        with open(self.path / "rounds.csv", newline="") as handle:
+            rows = list(csv.reader(handle))[: 1 + rounds_kept]
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        _write_atomic(self.path / "rounds.csv", text.getvalue())
+        self._open_tensorboard(config)
+
+    def _open_tensorboard(self, config: ExperimentConfig) -> None:
+        if config.logger == "tensorboard":
+            self._tensorboard = TensorBoardLog(self.path / "tensorboard", config.rounds_per_task)
+
+    def write_partition(self, data: FederatedStream, num_clients: int) -> None:
+        """Write partition.json: per task, the clients x classes training-sample counts."""
+        counts = partition_counts(data, num_clients)
+        _write_atomic(self.path / PARTITION_FILE, json.dumps(counts) + "\n")
 
     def append_round(self, record: RoundRecord) -> None:
         with open(self.path / "rounds.csv", "a", newline="") as handle:
             csv.writer(handle).writerow(record.as_row())
+        if self._tensorboard is not None:
+            self._tensorboard.log_round(record)
 
     def write_metrics(
         self,
@@ -62,8 +92,13 @@ class RunDirectory:
         til: list[list[float]],
         cil_all_seen: list[float],
         num_tasks: int,
+        cil_equizero: list[list[float]] | None = None,
     ) -> dict:
-        """Write metrics.json and accuracy.png for the stages so far; return the metrics."""
+        """Write metrics.json and accuracy.png for the stages so far; return the metrics.
+
+        `cil_equizero` (eval-canonicalize = "equizero") adds `accuracy_matrix_equizero` and
+        its summary under `equizero`.
+        """
         summary = summarize(cil)
         metrics = {
             "accuracy_matrix": _square(cil, num_tasks),
@@ -76,8 +111,13 @@ class RunDirectory:
             "units": "percent",
             "formulas": FORMULAS,
         }
+        if cil_equizero and len(cil_equizero) == len(cil):  # a resumed run lacks early rows
+            metrics["accuracy_matrix_equizero"] = _square(cil_equizero, num_tasks)
+            metrics["equizero"] = summarize(cil_equizero).as_dict()
         _write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         self._plot(cil, summary.stage_accuracy)
+        if self._tensorboard is not None:
+            self._tensorboard.log_task(metrics)
         return metrics
 
     def _plot(self, cil: list[list[float]], stages: list[float]) -> None:

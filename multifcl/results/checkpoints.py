@@ -1,0 +1,234 @@
+"""Crash-safe checkpoints: where a run stands, written atomically after every round.
+
+A checkpoint holds the global state, the accuracy matrices, the position in the task
+stream and the server's random-number generator states, so a killed run continues from
+its last complete round with the same results as a run that was never interrupted.
+
+Files live in `<run>/checkpoints/checkpoint-<step>.npz` (a plain `np.savez` archive, no
+pickle). Each is written to a temporary file, flushed to disk and renamed into place, and
+the two newest are kept: a truncated or corrupt newest file falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import getLogger
+from pathlib import Path
+
+import numpy as np
+import torch
+
+State = dict[str, np.ndarray]
+
+FOLDER = "checkpoints"
+TASK_FOLDER = "task-checkpoints"
+KEPT = 2  # the newest and the previous good one
+FORMAT_VERSION = 1
+_STATE_PREFIX = "state/"
+_META = "meta"
+_NUMPY_RNG = "rng/numpy"
+_TORCH_RNG = "rng/torch"
+_CUDA_RNG_PREFIX = "rng/cuda-"
+
+logger = getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used (missing, truncated, corrupt or of another format)."""
+
+
+@dataclass
+class RngStates:
+    """The process-wide generators of Python, numpy and torch (CPU and every CUDA device)."""
+
+    python: tuple
+    numpy: tuple
+    torch: np.ndarray
+    cuda: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def capture(cls) -> RngStates:
+        cuda = [s.numpy() for s in torch.cuda.get_rng_state_all()] if _cuda_ready() else []
+        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state().numpy(), cuda)
+
+    def restore(self) -> None:
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(torch.from_numpy(self.torch.copy()))
+        if self.cuda and torch.cuda.is_available() and len(self.cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.from_numpy(s.copy()) for s in self.cuda])
+
+
+@dataclass
+class Checkpoint:
+    """A run's position after a merged round or after a task's evaluation.
+
+    `task` is the 0-based task in progress; `rounds_done` of its rounds are merged into
+    `state`; the task is evaluated once `len(cil) > task`. `rounds_logged` is the number of
+    rows of rounds.csv that belong to this point (later rows are dropped on resume).
+    """
+
+    step: int
+    task: int
+    rounds_done: int
+    state: State
+    cil: list[list[float]]
+    til: list[list[float]]
+    cil_all_seen: list[float]
+    rounds_logged: int
+    rng: RngStates
+
+    @property
+    def task_evaluated(self) -> bool:
+        return len(self.cil) > self.task
+
+    @property
+    def file_name(self) -> str:
+        return f"checkpoint-{self.step:06d}.npz"
+
+    def save(self, run_path: Path) -> Path:
+        """Write `checkpoints/checkpoint-<step>.npz` atomically; keep only the newest two."""
+        folder = run_path / FOLDER
+        path = folder / self.file_name
+        _write_npz_atomic(path, self._arrays())
+        for old in _checkpoint_files(folder)[KEPT:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        python_version, python_state, python_gauss = self.rng.python
+        numpy_kind, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = self.rng.numpy
+        meta = {
+            "format": FORMAT_VERSION,
+            "step": self.step,
+            "task": self.task,
+            "rounds_done": self.rounds_done,
+            "cil": self.cil,
+            "til": self.til,
+            "cil_all_seen": self.cil_all_seen,
+            "rounds_logged": self.rounds_logged,
+            "state_keys": sorted(self.state),
+            "python_rng": [python_version, list(python_state), python_gauss],
+            "numpy_rng": [numpy_kind, int(numpy_pos), int(numpy_has_gauss), float(numpy_gauss)],
+            "cuda_devices": len(self.rng.cuda),
+        }
+        arrays = {_STATE_PREFIX + key: np.asarray(value) for key, value in self.state.items()}
+        arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        arrays[_NUMPY_RNG] = np.asarray(numpy_keys, dtype=np.uint32)
+        arrays[_TORCH_RNG] = self.rng.torch
+        for index, cuda_state in enumerate(self.rng.cuda):
+            arrays[f"{_CUDA_RNG_PREFIX}{index}"] = cuda_state
+        return arrays
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        """Read and check one checkpoint file; CheckpointError (one line) when unusable."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}  # reads every CRC
+            meta = json.loads(arrays.pop(_META).tobytes().decode())
+            if meta.get("format") != FORMAT_VERSION:
+                raise CheckpointError(f"format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+            state = {
+                name[len(_STATE_PREFIX) :]: value
+                for name, value in arrays.items()
+                if name.startswith(_STATE_PREFIX)
+            }
+            if sorted(state) != meta["state_keys"]:
+                raise CheckpointError("the global state's arrays are incomplete")
+            python_version, python_state, python_gauss = meta["python_rng"]
+            numpy_kind, numpy_pos, numpy_has_gauss, numpy_gauss = meta["numpy_rng"]
+            rng = RngStates(
+                (python_version, tuple(python_state), python_gauss),
+                (numpy_kind, arrays[_NUMPY_RNG], numpy_pos, numpy_has_gauss, numpy_gauss),
+                arrays[_TORCH_RNG],
+                [arrays[f"{_CUDA_RNG_PREFIX}{i}"] for i in range(meta["cuda_devices"])],
+            )
+            return cls(
+                step=int(meta["step"]),
+                task=int(meta["task"]),
+                rounds_done=int(meta["rounds_done"]),
+                state=state,
+                cil=meta["cil"],
+                til=meta["til"],
+                cil_all_seen=meta["cil_all_seen"],
+                rounds_logged=int(meta["rounds_logged"]),
+                rng=rng,
+            )
+        except CheckpointError as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} is unusable: {error}") from None
+        except Exception as error:  # noqa: BLE001 - any failure to read means the file is unusable
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            raise CheckpointError(f"checkpoint {str(path)!r} is unusable: {reason}") from None
+
+
+def latest_checkpoint(run_path: Path, warn: Callable[[str], None] = logger.warning) -> Checkpoint:
+    """The newest checkpoint of the run that reads cleanly.
+
+    Each unusable newer file is reported by `warn` in one line and renamed to `*.corrupt`,
+    so the next checkpoint written continues the sequence from the good one. Raises
+    CheckpointError when the run has no usable checkpoint at all.
+    """
+    folder = run_path / FOLDER
+    for stale in folder.glob("*.tmp"):  # a write that was cut off before its rename
+        stale.unlink(missing_ok=True)
+    candidates = _checkpoint_files(folder)
+    for index, path in enumerate(candidates):
+        try:
+            return Checkpoint.load(path)
+        except CheckpointError as error:
+            fallback = candidates[index + 1].name if index + 1 < len(candidates) else "none left"
+            warn(f"{error}; falling back to the previous one ({fallback})")
+            path.replace(path.with_name(path.name + ".corrupt"))
+    found = "no checkpoint files" if not candidates else "no readable checkpoint"
+    raise CheckpointError(f"{str(folder)!r} holds {found}")
+
+
+def save_task_state(run_path: Path, task_index: int, state: State) -> Path:
+    """Keep `task-checkpoints/task-<t>.npz` (t 1-based): the global state after that task,
+    keys as in the state, for later analysis."""
+    path = run_path / TASK_FOLDER / f"task-{task_index + 1:02d}.npz"
+    _write_npz_atomic(path, {key: np.asarray(value) for key, value in state.items()})
+    return path
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """Checkpoint files, newest first."""
+    return sorted(folder.glob("checkpoint-*.npz"), reverse=True)
+
+
+def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Temporary file in the same folder, flushed to disk, then renamed over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _cuda_ready() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()

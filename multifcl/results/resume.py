@@ -1,0 +1,86 @@
+"""Whether a config may continue the run in its `resume-from` folder, checked before any
+long work: the folder, its config.json and a usable checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.results.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
+
+# Keys that may change between the interrupted run and its resumption: where results go,
+# how failures are handled, what is logged. Every other key changes results.
+RESULT_NEUTRAL_KEYS = frozenset(
+    {
+        "output-dir",
+        "resume-from",
+        "round-timeout",
+        "min-fit-fraction",
+        "max-round-retries",
+        "save-task-checkpoints",
+        "logger",
+    }
+)
+CONFIG_FILE = "config.json"
+
+
+def open_resumable_run(
+    config: ExperimentConfig, warn: Callable[[str], None]
+) -> tuple[Path, dict, Checkpoint]:
+    """The run folder named by `resume-from`, its saved config.json and its newest usable
+    checkpoint; a one-line ConfigError when the run cannot be continued with `config`."""
+    folder = config.resume_from
+    key = "run config key 'resume-from'"
+    if folder is None:
+        raise ConfigError(f"{key}: no run folder given")
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: folder {str(folder)!r} does not exist")
+    if config.output_dir is not None and config.output_dir != folder:
+        raise ConfigError(
+            f"run config key 'output-dir': a resumed run continues in its own folder "
+            f"{str(folder)!r}; leave output-dir empty or set it to that folder"
+        )
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(
+            f"{key}: {str(folder)!r} has no readable {CONFIG_FILE}: {reason}"
+        ) from None
+    differing = result_changing_differences(saved, config)
+    if differing:
+        raise ConfigError(
+            f"{key}: {str(folder)!r} was run with another config; these keys change results "
+            f"and differ (saved -> now): {', '.join(differing)}"
+        )
+    try:
+        checkpoint = latest_checkpoint(folder, warn)
+    except CheckpointError as error:
+        raise ConfigError(f"{key}: nothing to resume from: {error}") from None
+    return folder, saved, checkpoint
+
+
+def result_changing_differences(saved: dict, config: ExperimentConfig) -> list[str]:
+    """`key: saved -> now` for each result-changing key whose value differs. A key missing
+    from an older config.json counts as its default value."""
+    defaults = ExperimentConfig().to_run_config()
+    differing = []
+    for key, value in config.to_run_config().items():
+        if key in RESULT_NEUTRAL_KEYS:
+            continue
+        before = saved.get(key, defaults[key])
+        if before != value:
+            differing.append(f"{key}: {before!r} -> {value!r}")
+    return differing
+
+
+def check_same_clients(saved: dict, num_clients: int) -> None:
+    """The partitions depend on the number of clients: it must not change on resume."""
+    before = saved.get("num-clients")
+    if before is not None and before != num_clients:
+        raise ConfigError(
+            f"run config key 'resume-from': the run had {before} clients and {num_clients} are "
+            "connected now; the client partitions would differ (start as many SuperNodes)"
+        )
