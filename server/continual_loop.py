@@ -55,6 +55,7 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
     )
     state = checkpoint.state
     cil, til, all_seen = list(checkpoint.cil), list(checkpoint.til), list(checkpoint.cil_all_seen)
+    equizero = list(checkpoint.cil_equizero)
     metrics: dict | None = None
     for task in stream:
         if len(cil) > task.index:  # evaluated before the run was interrupted
@@ -84,7 +85,9 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
         cil.append(stage.cil)
         til.append(stage.til)
         all_seen.append(stage.cil_all_seen)
-        metrics = run_dir.write_metrics(cil, til, all_seen, stream.num_tasks)
+        if stage.cil_equizero is not None:
+            equizero.append(stage.cil_equizero)
+        metrics = run_dir.write_metrics(cil, til, all_seen, stream.num_tasks, equizero)
         if config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
         checkpoint = _advance(
@@ -95,6 +98,7 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
             cil=list(cil),
             til=list(til),
             cil_all_seen=list(all_seen),
+            cil_equizero=list(equizero),
             rounds_logged=round_log.rows,
         )
         checkpoint.save(run_dir.path)

@@ -155,3 +155,17 @@ def test_robustness_table_matches_equizero_on_each_transformed_test_set(group):
         plain = class_incremental_accuracy(classifier, to_unit, test_set, 4, 3, transform)
         equizero = class_incremental_accuracy(canonicalized, to_unit, test_set, 4, 3, transform)
         assert (row.plain, row.equizero) == (plain, equizero)
+
+
+def test_a_run_with_equizero_writes_its_matrix_to_metrics_json(tiny_config):
+    from clients.client_app import train
+    from server.continual_loop import run_continual_learning
+    from tests.conftest import InProcessGrid
+
+    config = tiny_config(eval_canonicalize="equizero", eval_group="flip", rounds_per_task=1)
+    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
+    run_continual_learning(grid, config, base_dir=config.output_dir)
+    saved = json.loads((config.output_dir / "metrics.json").read_text())
+    matrix = saved["accuracy_matrix_equizero"]
+    assert len(matrix) == config.num_tasks and all(v is not None for v in matrix[-1])
+    assert saved["equizero"]["last"] == pytest.approx(np.mean(matrix[-1]))

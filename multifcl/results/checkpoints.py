@@ -82,6 +82,7 @@ class Checkpoint:
     cil_all_seen: list[float]
     rounds_logged: int
     rng: RngStates
+    cil_equizero: list[list[float]] = field(default_factory=list)  # eval-canonicalize only
 
     @property
     def task_evaluated(self) -> bool:
@@ -111,6 +112,7 @@ class Checkpoint:
             "cil": self.cil,
             "til": self.til,
             "cil_all_seen": self.cil_all_seen,
+            "cil_equizero": self.cil_equizero,
             "rounds_logged": self.rounds_logged,
             "state_keys": sorted(self.state),
             "python_rng": [python_version, list(python_state), python_gauss],
@@ -159,6 +161,7 @@ class Checkpoint:
                 cil_all_seen=meta["cil_all_seen"],
                 rounds_logged=int(meta["rounds_logged"]),
                 rng=rng,
+                cil_equizero=meta.get("cil_equizero", []),
             )
         except CheckpointError as error:
             raise CheckpointError(f"checkpoint {str(path)!r} is unusable: {error}") from None

@@ -111,7 +111,7 @@ class RunDirectory:
             "units": "percent",
             "formulas": FORMULAS,
         }
-        if cil_equizero and len(cil_equizero) == len(cil):  # a resumed run lacks early rows
+        if cil_equizero and len(cil_equizero) == len(cil):  # one row per evaluated task
             metrics["accuracy_matrix_equizero"] = _square(cil_equizero, num_tasks)
             metrics["equizero"] = summarize(cil_equizero).as_dict()
         _write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
