@@ -24,6 +24,11 @@ OPTIMIZERS = ("sgd", "adamw", "msam", "msam-adamw", "sam")
 HEADS = ("default", "etf")
 ETF_LOSSES = ("dr", "ce")
 LR_SCHEDULES = ("constant", "cosine", "tempbalance")
+LWF_CE_CLASSES = ("task", "seen")
+LOGGERS = ("none", "tensorboard")
+PRECISIONS = ("fp32", "bf16")
+TRANSMIT_DTYPES = ("float32", "float16")
+EVAL_CANONICALIZATIONS = ("none", "equizero")
 
 
 class ConfigError(ValueError):
@@ -50,8 +55,14 @@ class ExperimentConfig:
     seed: int = 0
     max_train_per_class: int | None = None
     output_dir: Path | None = None
+    logger: str = "none"  # "tensorboard": also write event files under <output-dir>/tensorboard
     device: str = "auto"
     image_size: int = 0  # 0: the backbone's own input size
+    # Performance (README "Performance"): none of these changes results, except bf16/float16
+    precision: str = "fp32"  # "bf16": backbone passes under bf16 autocast
+    cache_features: bool = True  # frozen encoder: one backbone pass per sample per task
+    feature_cache_mb: int = 4096  # cached features kept in memory per process; more spill to disk
+    transmit_dtype: str = "float32"  # float arrays of client uploads on the wire
     # MultiFCL (METHOD.md section 1); ignored by the other methods
     adapter: str = "bottleneck"
     adapter_rank: int = 8
@@ -78,9 +89,27 @@ class ExperimentConfig:
     lr_schedule: str = "constant"
     tb_min: float = 0.5
     tb_max: float = 1.5
+    # Baselines (METHOD.md section 3); each key is read only by its method
+    pilora_rank: int = 4  # rank of each task's LoRA
+    pilora_ortho_lambda: float = 0.5  # weight of the orthogonality to earlier tasks' LoRA
+    pilora_pull_lambda: float = 0.1  # weight of the pull of features to their prototype
+    pilora_reweight: bool = True  # server weighs client prototypes by count x confidence
+    lwf_temperature: float = 2.0  # distillation temperature
+    lwf_lambda: float = 1.0  # weight of the distillation towards the previous task's model
+    lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
+    # Fault tolerance and resume (README "Fault tolerance and resume")
+    round_timeout: float = 86400.0  # seconds a round waits for replies
+    min_fit_fraction: float = 0.5  # share of the round's clients whose replies must be merged
+    max_round_retries: int = 2  # re-sends of a round that got too few usable replies
+    resume_from: Path | None = None  # a run folder to continue from its last checkpoint
+    save_task_checkpoints: bool = False  # keep task-checkpoints/task-<t>.npz after each task
+    # Test-time canonicalization (README "Looking inside a run")
+    eval_canonicalize: str = "none"  # "equizero": also report accuracy under equizero
+    eval_group: str = "flip-rot90"  # the transforms equizero tries: flip, rot90, flip-rot90
 
     def __post_init__(self) -> None:
-        from multifcl.data.sources import SOURCES  # the registries are the valid names
+        from multifcl.analysis.equizero import TRANSFORM_GROUPS  # registries: valid names
+        from multifcl.data.sources import SOURCES
         from multifcl.methods import METHODS
 
         _check_choice("method", self.method, tuple(METHODS))
@@ -96,13 +125,22 @@ class ExperimentConfig:
         _check_choice("head", self.head, HEADS)
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("lwf-ce-classes", self.lwf_ce_classes, LWF_CE_CLASSES)
+        _check_choice("logger", self.logger, LOGGERS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("transmit-dtype", self.transmit_dtype, TRANSMIT_DTYPES)
+        _check_choice("eval-canonicalize", self.eval_canonicalize, EVAL_CANONICALIZATIONS)
+        _check_choice("eval-group", self.eval_group, tuple(TRANSFORM_GROUPS))
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
-        positive += ("adapter-rank", "num-experts", "text-init-topk")
+        positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         for key in positive + ("lr", "beta", "temperature"):
             _check_positive(key, getattr(self, _attribute(key)))
         if self.image_size < 0:
             raise ConfigError(f"run config key 'image-size': must be >= 0, got {self.image_size}")
-        for key in ("kd-lambda", "momentum", "weight-decay", "rho"):
+        for key in ("pilora-rank", "lwf-temperature"):
+            _check_positive(key, getattr(self, _attribute(key)))
+        baseline_weights = ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
+        for key in ("kd-lambda", "momentum", "weight-decay", "rho") + baseline_weights:
             if getattr(self, _attribute(key)) < 0:
                 raise ConfigError(
                     f"run config key '{key}': must be >= 0, got {getattr(self, _attribute(key))}"
@@ -111,6 +149,16 @@ class ExperimentConfig:
         if self.tb_max < self.tb_min:
             raise ConfigError(
                 f"run config key 'tb-max': must be >= tb-min ({self.tb_min}), got {self.tb_max}"
+            )
+        _check_positive("round-timeout", self.round_timeout)
+        if not 0 < self.min_fit_fraction <= 1:
+            raise ConfigError(
+                "run config key 'min-fit-fraction': must be in (0, 1], "
+                f"got {self.min_fit_fraction!r}"
+            )
+        if self.max_round_retries < 0:
+            raise ConfigError(
+                f"run config key 'max-round-retries': must be >= 0, got {self.max_round_retries}"
             )
         if self.use_self_kd and not self.use_experts:
             raise ConfigError(
