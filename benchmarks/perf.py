@@ -276,7 +276,7 @@ def client_compute_seconds(run_config: dict, clients: int, base: Path) -> tuple[
     server loop and ClientApp handler, without Flower's runtime (no Ray, no SuperLink)."""
     from clients.client_app import train
     from server.continual_loop import run_continual_learning
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
     spent = [0.0]
 
@@ -287,9 +287,6 @@ def client_compute_seconds(run_config: dict, clients: int, base: Path) -> tuple[
         return reply
 
     config = ExperimentConfig.from_run_config({**run_config, "output-dir": str(base / "inproc")})
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the run's summary tables
         run_continual_learning(InProcessGrid(timed, config.to_run_config(), clients), config, base)
