@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 from flwr.app import Context, Message
@@ -9,6 +10,12 @@ from flwr.clientapp import ClientApp
 
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
+from multifcl.metrics.resources import (
+    CLIENT_SECONDS,
+    PEAK_RSS_MB,
+    peak_rss_mb,
+    release_cached_gpu_memory,
+)
 from multifcl.seeding import derive_seed
 from strategies.records import ARRAYS, CONFIG, record_to_state, update_to_content
 
@@ -21,9 +28,18 @@ def _parse_config(run_config: tuple) -> ExperimentConfig:
     return ExperimentConfig.from_run_config(dict(run_config))
 
 
+def _this_machines_run_config(context: Context) -> tuple:
+    """The run config, with `data-root` from this SuperNode's `--node-config` when it sets one,
+    so that every client machine reads its own copy of the data set."""
+    run_config = dict(context.run_config)
+    if "data-root" in context.node_config:
+        run_config["data-root"] = context.node_config["data-root"]
+    return tuple(sorted(run_config.items()))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = _parse_config(tuple(sorted(context.run_config.items())))
+    config = _parse_config(_this_machines_run_config(context))
     experiment = load_experiment(config)
     client = int(context.node_config["partition-id"])
     num_clients = int(context.node_config["num-partitions"])
@@ -32,5 +48,9 @@ def train(msg: Message, context: Context) -> Message:
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
     state = record_to_state(msg.content[ARRAYS])
+    started = time.perf_counter()
     update = experiment.method.train_client(state, data, task, seed)
-    return Message(update_to_content(update), reply_to=msg)
+    update.metrics[CLIENT_SECONDS] = time.perf_counter() - started
+    update.metrics[PEAK_RSS_MB] = peak_rss_mb()
+    release_cached_gpu_memory(experiment.backbone.device)
+    return Message(update_to_content(update, config.transmit_dtype), reply_to=msg)

@@ -63,7 +63,10 @@ class LoraAdapters(nn.Module):
             target.mkdir(parents=True, exist_ok=True)
             self.config.base_model_name_or_path = self.backbone.name
             self.config.save_pretrained(str(target))
-            weights = get_peft_model_state_dict(self.wrapped, adapter_name=name)
+            # LoRA never wraps embeddings: skip peft's hub lookup for a changed vocabulary
+            weights = get_peft_model_state_dict(
+                self.wrapped, adapter_name=name, save_embedding_layers=False
+            )
             save_file(
                 {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in weights.items()},
                 str(target / "adapter_model.safetensors"),

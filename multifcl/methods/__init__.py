@@ -6,11 +6,13 @@ from multifcl.backbones import Backbone
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.methods.base import ClientUpdate, Method, State
 from multifcl.methods.finetune import FinetuneMethod
+from multifcl.methods.lwf import LwFMethod
 from multifcl.methods.multifcl import MultiFCLMethod
+from multifcl.methods.pilora import PiLoRAMethod
 from multifcl.methods.prototypes import PrototypesMethod
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (PrototypesMethod, FinetuneMethod, MultiFCLMethod)
+    m.name: m for m in (PrototypesMethod, FinetuneMethod, MultiFCLMethod, PiLoRAMethod, LwFMethod)
 }
 
 

@@ -4,6 +4,7 @@ server merges, and how the global state classifies images."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -15,6 +16,8 @@ from torch import nn
 from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
+from multifcl.features import FeatureSplit
+from multifcl.heads.etf import ETFHead
 
 State = dict[str, np.ndarray]
 
@@ -32,6 +35,19 @@ class ClientUpdate:
     num_examples: int
     train_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    """The arrays a genuine client update carries, so the server can reject any other.
+
+    `rows` maps each per-class upload (one row per entry of `class-ids`, `class-counts`
+    included) to the state key of the (num_classes, ...) array it updates; `dense` names
+    the state keys sent whole, in the state's shape and dtype.
+    """
+
+    rows: Mapping[str, str] = field(default_factory=dict)
+    dense: frozenset[str] = frozenset()
 
 
 class Method(ABC):
@@ -68,6 +84,32 @@ class Method(ABC):
     def export(self, state: State, folder: Path) -> list[Path]:
         """Write what a user may reuse outside this tool (adapters); nothing by default."""
         return []
+
+    def update_layout(self, state: State, task: Task) -> UpdateLayout | None:
+        """The exact arrays of a genuine update of `task` (checked by the server before it
+        merges); None (the default): inferred from the update conventions."""
+        return None
+
+    def feature_split(self, state: State) -> FeatureSplit | None:
+        """The classifier under `state` split after its frozen encoder, so evaluation can
+        cache test features; None (the default) when something upstream of the head is
+        trained, and evaluation runs `classifier` on pixels."""
+        return None
+
+    # --- analysis hooks (multifcl.analysis): what the trained parts make of an input -------
+    def block_features(self, state: State, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Pooled features after every tap block of the encoder under `state`; the last is
+        the feature the classifier reads. Default: the frozen backbone's taps."""
+        return self.backbone.taps(pixels, range(self.backbone.num_taps))
+
+    def final_prototypes(self, state: State) -> torch.Tensor | None:
+        """(classes x d) prototypes the final classifier compares the final feature with by
+        cosine, if it has them (None: the analysis uses class means instead)."""
+        return None
+
+    def final_etf_head(self, state: State) -> ETFHead | None:
+        """The fixed simplex ETF head the final feature is read by, for ETF-head runs."""
+        return None
 
 
 def batches(data: InMemoryImages, batch_size: int, generator: torch.Generator | None = None):

@@ -24,6 +24,7 @@ from multifcl.methods.base import (
     ClientUpdate,
     Method,
     State,
+    UpdateLayout,
     batches,
 )
 from multifcl.optim.local_training import LocalTraining
@@ -45,14 +46,36 @@ class TrainableTop(nn.Module):
                 self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.to(backbone.device)
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def trunk_hidden(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen trunk's output: the input of the trainable last block (no gradient)."""
         backbone = self.trunk[0]
         with torch.no_grad():
-            hidden = backbone.hidden_before(pixels, backbone.num_blocks - 1)
-        return self.final(backbone.run_block(self.block, hidden))
+            return backbone.hidden_before(pixels, backbone.num_blocks - 1)
+
+    def top_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final feature from the trunk's output, through the trainable block and layer."""
+        return self.final(self.trunk[0].run_block(self.block, hidden))
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.top_features(self.trunk_hidden(pixels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels))
+
+    def block_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen trunk's taps before the last block, then the trained final feature
+        (one pass through the trunk: its output is kept on the way)."""
+        backbone = self.trunk[0]
+        trunk_output = []
+
+        def keep_trunk_output(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            if index == backbone.num_blocks - 2:
+                trunk_output.append(hidden.float())
+            return hidden
+
+        taps = backbone.taps(pixels, range(backbone.num_taps), keep_trunk_output)[:-1]
+        hidden = trunk_output[0] if trunk_output else self.trunk_hidden(pixels)
+        return taps + [self.top_features(hidden)]
 
 
 class FinetuneMethod(Method):
@@ -82,10 +105,13 @@ class FinetuneMethod(Method):
         self.model.load_state_dict(weights, strict=False)
 
     def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, seen: int) -> torch.Tensor:
+        return self._features_loss(self.model.features(pixels), labels, seen)
+
+    def _features_loss(self, features: torch.Tensor, labels: torch.Tensor, seen: int):
+        """Cross-entropy over the seen classes, or `etf-loss` towards the fixed vertices."""
         if self.etf:
-            features = self.model.features(pixels)
             return etf_loss(self.model.head, features, labels, self.config.etf_loss, seen)
-        return F.cross_entropy(self.model(pixels)[:, :seen], labels)
+        return F.cross_entropy(self.model.head(features)[:, :seen], labels)
 
     def train_client(
         self, state: State, data: InMemoryImages, task: Task, seed: int
@@ -127,9 +153,21 @@ class FinetuneMethod(Method):
         )
         return mean_pairwise_class_mean_cosine(features.cpu(), torch.as_tensor(data.labels))
 
+    def update_layout(self, state: State, task: Task) -> UpdateLayout:
+        """Every trained weight, whole (FedAvg)."""
+        return UpdateLayout(dense=frozenset(self._initial_state))
+
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
 
     def classifier(self, state: State) -> nn.Module:
         self._load(state)
         return self.model
+
+    def block_features(self, state: State, pixels: torch.Tensor) -> list[torch.Tensor]:
+        self._load(state)
+        return self.model.block_features(pixels)
+
+    def final_etf_head(self, state: State) -> ETFHead | None:
+        self._load(state)
+        return self.model.head if self.etf else None

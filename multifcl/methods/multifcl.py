@@ -22,6 +22,13 @@ from multifcl.aggregation import merge_class_rows, weighted_average
 from multifcl.backbones.text_encoders import load_text_encoder
 from multifcl.config import ConfigError
 from multifcl.data import InMemoryImages, Task
+from multifcl.features import (
+    FeatureKey,
+    FeatureSplit,
+    data_fingerprint,
+    encoder_fingerprint,
+    feature_cache_for,
+)
 from multifcl.heads.etf import ETFHead, etf_loss, mean_pairwise_class_mean_cosine
 from multifcl.heads.multi_expert import (
     describe_experts,
@@ -41,6 +48,7 @@ from multifcl.methods.base import (
     ClientUpdate,
     Method,
     State,
+    UpdateLayout,
 )
 from multifcl.optim.local_training import LocalTraining
 from multifcl.optim.tempbalance import TempBalance
@@ -66,6 +74,7 @@ class MultiFCLMethod(Method):
         self.policy = AdapterPolicy(config.adapter_policy, config.num_tasks)
         self.adapters = None
         self.encoder = backbone
+        self.feature_cache = feature_cache_for(config, "train")
         if config.use_adapters:
             self.adapters = build_adapters(
                 config.adapter, backbone, config.adapter_rank, self.policy.num_sets, config.seed
@@ -173,6 +182,25 @@ class MultiFCLMethod(Method):
         ]
         return [torch.cat([part[m] for part in parts]) for m in range(len(self.taps))]
 
+    def _encoder_fingerprint(self, state: State) -> str:
+        """Everything upstream of the experts: backbone, precision, taps, adapter weights."""
+        backbone = self.backbone
+        description = (backbone.name, backbone.precision, str(backbone.image_size))
+        description += (str(self.taps), self.config.adapter, str(self.config.adapter_rank))
+        adapters = {k: v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
+        return encoder_fingerprint(description, adapters if self.adapters is not None else {})
+
+    def _client_features(self, state: State, data: InMemoryImages, task: Task, trainable_set):
+        """The experts' features of `data`; with no adapter set training in this task they
+        are computed once per task (`cache-features`) and reused in every round."""
+        if trainable_set is not None or not self.config.cache_features:
+            return self._encode(data.images)
+        key = FeatureKey(data_fingerprint(data), self._encoder_fingerprint(state), task.index)
+        self.feature_cache.keep_only(lambda k: k.task == key.task and k.encoder == key.encoder)
+        return self.feature_cache.get_or_compute(
+            key, lambda: self._encode(data.images), self.encoder.device
+        )
+
     # --- client ----------------------------------------------------------------------------
     def train_client(
         self, state: State, data: InMemoryImages, task: Task, seed: int
@@ -182,7 +210,7 @@ class MultiFCLMethod(Method):
         labels = torch.as_tensor(data.labels)
         classes, counts = torch.unique(labels, return_counts=True)
         device = self.encoder.device
-        features = self._encode(data.images)
+        features = self._client_features(state, data, task, trainable_set)
         if self.etf_heads is not None:
             return self._train_etf_client(state, data, labels, task, trainable_set, features, seed)
         prototypes = [
@@ -347,6 +375,18 @@ class MultiFCLMethod(Method):
         return loss
 
     # --- server ----------------------------------------------------------------------------
+    def update_layout(self, state: State, task: Task) -> UpdateLayout:
+        """Rows of every per-class array (all but adapters and ETF projections); whole ETF
+        projections, and the adapters of the task's trainable set."""
+        trainable = self._trainable_set(task)
+        sent_whole = set(self._adapter_parameters([] if trainable is None else [trainable]))
+        shared = set(self._adapter_parameters(range(self.policy.num_sets)))
+        if self.etf_heads is not None:
+            sent_whole |= set(self._projection_parameters())
+            shared |= set(self._projection_parameters())
+        rows = {key: key for key in state if key not in shared}
+        return UpdateLayout(rows, frozenset(sent_whole))
+
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         merged = dict(state)
         ids = [u.arrays["class-ids"] for u in updates]
@@ -375,6 +415,33 @@ class MultiFCLMethod(Method):
             torch.tensor(state[prototype_key(m)], device=device) for m in range(len(self.taps))
         ]
         return ExpertClassifier(self, prototypes)
+
+    def feature_split(self, state: State) -> FeatureSplit:
+        """Adapters never train on the server: the experts' features are always cacheable."""
+        classifier = self.classifier(state)
+        return FeatureSplit(
+            self._encoder_fingerprint(state),
+            self._encode,
+            lambda features: inference_logits(
+                self.all_expert_logits(features, classifier.prototypes), self.config.inference
+            ),
+        )
+
+    def block_features(self, state: State, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Every tap through the state's adapters."""
+        self._load_adapters(state)
+        return self.encoder.taps(pixels, range(self.backbone.num_taps), self._after_block())
+
+    def final_prototypes(self, state: State) -> torch.Tensor | None:
+        if self.etf_heads is not None:
+            return None
+        return torch.from_numpy(state[prototype_key(len(self.taps) - 1)])
+
+    def final_etf_head(self, state: State) -> ETFHead | None:
+        if self.etf_heads is None:
+            return None
+        self._load_projections(state)
+        return self.etf_heads[-1]
 
     def export(self, state: State, folder: Path) -> list[Path]:
         if self.adapters is None:

@@ -13,12 +13,25 @@ from torch import nn
 
 from multifcl.aggregation import merge_class_rows
 from multifcl.data import InMemoryImages, Task
+from multifcl.features import (
+    FeatureKey,
+    FeatureSplit,
+    data_fingerprint,
+    encoder_fingerprint,
+    feature_cache_for,
+)
 from multifcl.heads import CosinePrototypeHead
-from multifcl.methods.base import ClientUpdate, Method, State
+from multifcl.methods.base import ClientUpdate, Method, State, UpdateLayout
 
 
 class PrototypesMethod(Method):
     name = "prototypes"
+
+    def __init__(self, config, backbone, class_names) -> None:
+        super().__init__(config, backbone, class_names)
+        self.feature_cache = feature_cache_for(config, "train")
+        backbone_description = (backbone.name, backbone.precision, str(backbone.image_size))
+        self.encoder_fingerprint = encoder_fingerprint(backbone_description, {})
 
     def initial_state(self) -> State:
         return {
@@ -29,7 +42,7 @@ class PrototypesMethod(Method):
     def train_client(
         self, state: State, data: InMemoryImages, task: Task, seed: int
     ) -> ClientUpdate:
-        features = self.backbone.encode(data.images, self.config.batch_size).double().cpu()
+        features = self._final_features(data, task).double().cpu()
         labels = torch.as_tensor(data.labels)
         classes = torch.unique(labels)
         means = torch.stack([features[labels == c].mean(0) for c in classes])
@@ -40,6 +53,20 @@ class PrototypesMethod(Method):
             "class-counts": counts.numpy().astype(np.float32),
         }
         return ClientUpdate(arrays, num_examples=len(data))
+
+    def _final_features(self, data: InMemoryImages, task: Task) -> torch.Tensor:
+        """The backbone's final features of `data`, computed once per task (`cache-features`)."""
+        if not self.config.cache_features:
+            return self._encode(data.images)[0]
+        key = FeatureKey(data_fingerprint(data), self.encoder_fingerprint, task.index)
+        self.feature_cache.keep_only(lambda k: k.task == key.task)
+        return self.feature_cache.get_or_compute(key, lambda: self._encode(data.images))[0]
+
+    def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [self.backbone.encode(images, self.config.batch_size)]
+
+    def update_layout(self, state: State, task: Task) -> UpdateLayout:
+        return UpdateLayout(rows={"class-means": "prototypes", "class-counts": "class-counts"})
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         prototypes, counts = merge_class_rows(
@@ -54,3 +81,8 @@ class PrototypesMethod(Method):
     def classifier(self, state: State) -> nn.Module:
         head = CosinePrototypeHead(torch.from_numpy(state["prototypes"]).to(self.backbone.device))
         return nn.Sequential(self.backbone, head)
+
+    def feature_split(self, state: State) -> FeatureSplit:
+        """The backbone is frozen: test features hold for the whole stream."""
+        head = CosinePrototypeHead(torch.from_numpy(state["prototypes"]).to(self.backbone.device))
+        return FeatureSplit(self.encoder_fingerprint, self._encode, lambda f: head(f[0]))
