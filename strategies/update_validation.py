@@ -70,6 +70,9 @@ def validate_update(
         _check_array(key, arrays[key], state[key], state[key].shape)
     if CLASS_COUNTS in layout.rows:
         _check_counts(arrays[CLASS_COUNTS], update.num_examples)
+    problem = method.update_value_problem(state, update, task) if method is not None else None
+    if problem is not None:
+        raise RejectedUpdate(problem)
 
 
 def conventional_layout(state: State, arrays: State) -> UpdateLayout:

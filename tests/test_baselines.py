@@ -18,7 +18,7 @@ from multifcl.methods.lwf import TEACHER_PREFIX, TEACHER_TASK
 from multifcl.methods.pilora import ENTROPY, PROTOTYPES
 from server.continual_loop import run_continual_learning
 from strategies.records import ARRAYS, CONFIG, record_to_state
-from strategies.update_validation import validate_update
+from strategies.update_validation import RejectedUpdate, validate_update
 from tests.conftest import InProcessGrid
 from tests.test_config import one_line_error
 from tests.test_data_sources import make_image_folder
@@ -283,3 +283,16 @@ def test_presets_are_valid_run_configs(name):
     preset = Path(__file__).resolve().parents[1] / "configs" / "baselines" / f"{name}.toml"
     config = ExperimentConfig.from_run_config(tomllib.loads(preset.read_text()))
     assert config.method == name
+
+
+def test_impossible_values_are_rejected_by_the_methods_own_checks(tiny_config):
+    for method_name, key, bad in (("lwf", "teacher-task", 7), ("pilora", "prototype-entropy", -1)):
+        experiment = load_experiment(tiny_config(method=method_name))
+        method, data = experiment.method, experiment.data
+        task = data.stream.task(0)
+        state = method.initial_state()
+        update = method.train_client(state, data.client_train_set(task, 0, 2), task, seed=0)
+        validate_update(state, update, task, method)  # the genuine update passes
+        update.arrays[key] = np.full_like(update.arrays[key], bad)
+        with pytest.raises(RejectedUpdate, match=key):
+            validate_update(state, update, task, method)

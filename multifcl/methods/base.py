@@ -90,6 +90,11 @@ class Method(ABC):
         merges); None (the default): inferred from the update conventions."""
         return None
 
+    def update_value_problem(self, state: State, update: ClientUpdate, task: Task) -> str | None:
+        """Why a genuine-looking update's values are impossible for this method (one line),
+        or None; checked by the server after the layout checks."""
+        return None
+
     def feature_split(self, state: State) -> FeatureSplit | None:
         """The classifier under `state` split after its frozen encoder, so evaluation can
         cache test features; None (the default) when something upstream of the head is

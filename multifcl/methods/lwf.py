@@ -98,6 +98,13 @@ class LwFMethod(FinetuneMethod):
         """Fine-tuning's weights and the task the client trained in (never the teacher)."""
         return UpdateLayout(dense=super().update_layout(state, task).dense | {TEACHER_TASK})
 
+    def update_value_problem(self, state: State, update: ClientUpdate, task: Task) -> str | None:
+        """A client trains in the task the server sent it, and reports exactly that one."""
+        reported = int(update.arrays[TEACHER_TASK][0])
+        if reported != task.index:
+            return f"'{TEACHER_TASK}' is {reported}, but this round belongs to task {task.index}"
+        return None
+
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         """FedAvg of the model; the pre-round model becomes the teacher when a task starts."""
         task = max(int(update.arrays[TEACHER_TASK][0]) for update in updates)

@@ -140,6 +140,20 @@ class PiLoRAMethod(MultiFCLMethod):
         return torch.stack(rows).unsqueeze(1).numpy().astype(np.float32)
 
     # --- server ----------------------------------------------------------------------------
+    def update_value_problem(self, state: State, update: ClientUpdate, task: Task) -> str | None:
+        """An entropy over the seen classes lies in [0, ln(seen)]; anything else would skew
+        (or, negative, overflow) the re-weighting."""
+        if ENTROPY not in update.arrays:
+            return None
+        entropy = update.arrays[ENTROPY].astype(np.float64)
+        bound = np.log(task.seen_classes.stop) + 1e-3
+        if entropy.size and (entropy.min() < 0 or entropy.max() > bound):
+            return (
+                f"'{ENTROPY}' must lie in [0, ln {task.seen_classes.stop}], "
+                f"got {entropy.min():.3g}..{entropy.max():.3g}"
+            )
+        return None
+
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         merged = super().merge(state, updates)  # counts, FedAvg of the current LoRA, rows
         if not self.reweight:
