@@ -218,13 +218,16 @@ def test_conventional_layout_reads_rows_and_whole_arrays_off_the_update():
 
 
 class DeclaredLayout:
-    """Stands in for a method: validation reads only its `update_layout`."""
+    """Stands in for a method: validation reads its `update_layout` and value check."""
 
     def __init__(self, layout: UpdateLayout | None) -> None:
         self.layout = layout
 
     def update_layout(self, state, task) -> UpdateLayout | None:
         return self.layout
+
+    def update_value_problem(self, state, update, task) -> str | None:
+        return None
 
 
 def test_a_declared_layout_rejects_what_the_conventions_cannot_tell_apart():
@@ -408,7 +411,7 @@ def test_rejected_replies_are_logged_and_the_state_equals_a_run_without_them(
     assert faulty_metrics == clean_metrics
 
     rejections = [
-        r.getMessage() for r in caplog.records if f"client {FAULTY_NODE}" in r.getMessage()
+        r.getMessage() for r in caplog.records if f": {FAULTY_NODE}: rejected: " in r.getMessage()
     ]
     assert len(rejections) == len(ROUND_FAULTS)
     rows = list(csv.DictReader((faulty.output_dir / "rounds.csv").open()))
