@@ -316,7 +316,7 @@ def test_class_name_files_travel_with_the_app_bundle():
 
 
 def test_a_missing_archive_data_set_is_named_before_the_backbone_loads(tmp_path, monkeypatch):
-    import multifcl.experiment as experiment
+    from multifcl import experiment
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the backbone was loaded before the data were checked")
