@@ -12,8 +12,9 @@ Prints, each as a median over `--repeats` runs, with ratios measured in the same
    sending every class's prototypes (the paper: 0.38M parameters) and the whole trainable
    model; and the bytes per later-task round of the `flwr run` below, from its rounds.csv;
 4. Flower/Ray overhead: wall seconds of `flwr run` against the clients' compute seconds
-   (every `train_client` call, timed in-process on the same config), and the peak RSS of
-   each client (Ray actor) process, with 2 and with 10 clients.
+   (every `train_client` call, timed in-process on the same config, and as the clients
+   report it in the run's rounds.csv), and the peak RSS of each client (Ray actor)
+   process, with 2 and with 10 clients.
 
     python benchmarks/perf.py --quick      # about 10 minutes on 2 CPU cores
     python benchmarks/perf.py              # the README's numbers (longer)
@@ -313,6 +314,8 @@ def section_flower(args, report) -> dict:
             "partition": "iid",
             "device": "cpu",
         }
+        if args.flwr_dataset == "imagefolder":
+            run_config["data-root"] = str(args.flwr_data_root)
         compute, inprocess_wall = client_compute_seconds(run_config, clients, base)
         overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
         overrides += f" output-dir='{base / 'flwr'}'"
@@ -333,11 +336,16 @@ def section_flower(args, report) -> dict:
             continue
         rows = list(csv.DictReader((base / "flwr" / "rounds.csv").open()))
         later = [int(r["bytes_up"]) for r in rows if r["task"] != "1"]
+        compute_in_run = sum(float(r["client_seconds"] or 0) for r in rows)
         peaks = watcher.client_peaks_mb()
         results[clients] = {
             "flwr-wall": wall,
             "in-process-wall": inprocess_wall,
             "client-compute": compute,
+            "client-compute-in-flwr-run": compute_in_run,
+            "client-peak-rss-mb-in-rounds-csv": max(
+                float(r["client_peak_rss_mb"] or 0) for r in rows
+            ),
             "later-task-bytes-up-per-round": statistics.median(later) if later else None,
             "client-process-peak-rss-mb": peaks,
         }
@@ -346,6 +354,10 @@ def section_flower(args, report) -> dict:
             f"{args.rounds} rounds x {args.epochs} epochs): wall {wall:.1f} s; clients' compute "
             f"{compute:.1f} s (in-process run {inprocess_wall:.1f} s): wall/compute "
             f"{wall / compute:.2f}x"
+        )
+        report(
+            f"  clients' compute inside the flwr run (rounds.csv client_seconds, summed): "
+            f"{compute_in_run:.1f} s: wall/compute {wall / compute_in_run:.2f}x"
         )
         if later:
             report(
@@ -375,6 +387,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--flwr-dataset", default="digits")
+    parser.add_argument("--flwr-data-root", type=Path, default=CIFAR10)
     parser.add_argument("--flwr-train-per-class", type=int, default=100)
     parser.add_argument("--flwr-clients", type=int, nargs="*", default=[2, 10])
     parser.add_argument("--skip", nargs="*", default=[], choices=("caches", "bytes", "flower"))
@@ -387,6 +400,8 @@ def main() -> None:
         args.data_root = None
     elif not args.data_root.is_dir():
         sys.exit(f"perf: --data-root {str(args.data_root)!r} is not a folder")
+    if args.flwr_dataset == "imagefolder" and not args.flwr_data_root.is_dir():
+        sys.exit(f"perf: --flwr-data-root {str(args.flwr_data_root)!r} is not a folder")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     def report(text: str) -> None:

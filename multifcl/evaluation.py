@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from multifcl.analysis.equizero import equizero_accuracies
+from multifcl.backbones.host_transfer import to_device
 from multifcl.data import FederatedStream, InMemoryImages, Task
 from multifcl.features import FeatureCache, FeatureKey, data_fingerprint, feature_cache_for
 from multifcl.methods import Method, State
@@ -115,5 +116,5 @@ def _feature_logits(
     labels = torch.as_tensor(test_set.labels)
     size = method.config.batch_size
     for start in range(0, len(labels), size):
-        batch = [f[start : start + size].to(device) for f in features]
+        batch = [to_device(f[start : start + size], device) for f in features]
         yield split.head(batch), labels[start : start + size]

@@ -1,11 +1,13 @@
 """The client feature cache: same results as without it, one backbone pass per sample per task."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
 
 from multifcl.experiment import load_experiment
-from multifcl.features import FeatureCache, FeatureKey, data_fingerprint
+from multifcl.features import FeatureCache, FeatureKey, data_fingerprint, feature_cache_for
 from multifcl.seeding import derive_seed
 
 MULTIFCL = {"method": "multifcl", "use_text_init": False, "adapter_policy": "first-task"}
@@ -140,3 +142,35 @@ def test_the_client_app_path_uses_the_cache_and_gets_the_same_run(tiny_config, t
         method = load_experiment(config).method
         assert method.feature_cache.hits == (NUM_CLIENTS * 2 if cache else 0)  # round 2 of 2 tasks
     assert results[True]["accuracy_matrix"] == results[False]["accuracy_matrix"]
+
+
+def test_the_spill_folder_goes_with_its_cache(tmp_path):
+    cache = FeatureCache(memory_bytes=100, spill_dir=tmp_path / "spill")
+    for task in range(2):
+        cache.get_or_compute(FeatureKey("data", "encoder", task), lambda: [torch.zeros(10, 8)])
+    assert len(list((tmp_path / "spill").iterdir())) == 1
+    del cache
+    gc.collect()
+    assert not (tmp_path / "spill").exists()
+
+
+def test_caches_of_one_process_spill_to_separate_folders(tiny_config):
+    config = tiny_config()
+    first, second = feature_cache_for(config, "train"), feature_cache_for(config, "train")
+    assert first.spill_dir != second.spill_dir
+    assert first.spill_dir.parent == config.output_dir / "feature-cache"
+
+
+def test_a_run_folder_loses_what_a_killed_attempt_spilled(tiny_config, tmp_path):
+    from multifcl.results import RunDirectory
+
+    config = tiny_config()
+    leftover = config.output_dir / "feature-cache" / "train-4242-0" / "entry.pt"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"features of a killed client")
+    RunDirectory(config.output_dir).start(config, {})
+    assert not (config.output_dir / "feature-cache").exists()
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"features of a killed client")
+    RunDirectory(config.output_dir, resume=True).reopen(config, rounds_kept=0)
+    assert not (config.output_dir / "feature-cache").exists()

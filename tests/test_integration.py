@@ -41,6 +41,9 @@ def test_two_tasks_two_rounds_two_clients(method, tiny_config, tmp_path):
     ]
     assert all(int(r["bytes_up"]) > 0 and int(r["bytes_down"]) > 0 for r in rows)
     assert all(r["clients"] == "2" and r["failures"] == "0" for r in rows)
+    # the clients' own compute and memory, as their replies report them
+    assert all(0 < float(r["client_seconds"]) <= float(r["seconds"]) for r in rows)
+    assert all(float(r["client_peak_rss_mb"]) > 50 for r in rows)
     sent = [
         (m.metadata.dst_node_id, m.content[CONFIG]["task"], m.content[CONFIG]["round"])
         for m in grid.sent

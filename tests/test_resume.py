@@ -44,7 +44,7 @@ RUN = {  # tests/conftest.py TINY with 3 rounds per task, fine-tuning (SGD with 
     "method": "finetune",
 }
 NODES = 3
-TIMING_COLUMNS = ("seconds", "seconds_per_step")
+TIMING_COLUMNS = ("seconds", "seconds_per_step", "client_seconds", "client_peak_rss_mb")
 
 
 def run_worker(run_config: dict, kill: dict | None = None) -> subprocess.CompletedProcess:

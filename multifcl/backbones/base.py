@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multifcl.backbones.host_transfer import to_device
 from multifcl.backbones.precision import backbone_autocast
 
 AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
@@ -76,7 +77,7 @@ class Backbone(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W -> float pixels at the backbone's size and normalisation."""
-        pixels = images.to(self.device, non_blocking=True).float().div_(255.0)
+        pixels = to_device(images, self.device).float().div_(255.0)
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)

@@ -6,6 +6,7 @@ from multifcl.features.cache import (
     data_fingerprint,
     encoder_fingerprint,
     feature_cache_for,
+    remove_spilled_features,
 )
 from multifcl.features.split import FeatureSplit
 
@@ -16,4 +17,5 @@ __all__ = [
     "data_fingerprint",
     "encoder_fingerprint",
     "feature_cache_for",
+    "remove_spilled_features",
 ]

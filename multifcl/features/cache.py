@@ -7,14 +7,19 @@ encodes each task's test set once per frozen encoder. An entry is named by a `Fe
 a fingerprint of the exact images and labels, a fingerprint of everything upstream that
 could change the features (backbone, precision, taps, adapter weights), and the task.
 Entries live on the CPU within a memory budget; the least recently used beyond it are
-written to a spill folder and read back when needed.
+written to a spill folder and read back when needed. The folder goes with the cache (and
+with its process, at exit); what a killed process left is removed when its run starts or
+resumes (`remove_spilled_features`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import shutil
 import tempfile
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,10 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multifcl.backbones.host_transfer import to_device
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages
 
 Features = list[torch.Tensor]
+SPILL_FOLDER = "feature-cache"  # under a run's output folder
+_CACHE_NUMBERS = itertools.count()  # one spill folder per cache, even within one process
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class FeatureCache:
     def __init__(self, memory_bytes: int, spill_dir: Path | None = None) -> None:
         self.memory_bytes = memory_bytes
         self.spill_dir = spill_dir
+        if spill_dir is not None:  # removed with the cache, or when the process exits
+            weakref.finalize(self, shutil.rmtree, spill_dir, ignore_errors=True)
         self._temporary: tempfile.TemporaryDirectory | None = None
         self._memory: OrderedDict[FeatureKey, Features] = OrderedDict()
         self._spilled: dict[FeatureKey, Path] = {}
@@ -103,7 +113,7 @@ class FeatureCache:
             self.misses += 1
             features = [tensor.detach().cpu() for tensor in compute()]
             self._store(key, features)
-        return [tensor.to(device) for tensor in features] if device is not None else features
+        return [to_device(t, device) for t in features] if device is not None else features
 
     def keep_only(self, keep: Callable[[FeatureKey], bool]) -> None:
         """Drop every entry whose key `keep` rejects (stale encoders, finished tasks)."""
@@ -138,11 +148,18 @@ def _nbytes(features: Features) -> int:
 def feature_cache_for(config: ExperimentConfig, role: str) -> FeatureCache:
     """The cache a process keeps for `role` (`train` or `evaluation`) under the run's budget.
 
-    Spilled entries go to `<output-dir>/feature-cache/<role>-<process id>/` when the run
-    has an output folder, else to a temporary folder; either is removed entry by entry as
-    entries go stale.
+    Spilled entries go to `<output-dir>/feature-cache/<role>-<process id>-<n>/` when the run
+    has an output folder, else to a temporary folder; entries are removed as they go stale,
+    the folder with the cache.
     """
     spill = None
     if config.output_dir is not None:
-        spill = config.output_dir / "feature-cache" / f"{role}-{os.getpid()}"
+        folder = f"{role}-{os.getpid()}-{next(_CACHE_NUMBERS)}"
+        spill = config.output_dir / SPILL_FOLDER / folder
     return FeatureCache(config.feature_cache_mb * 2**20, spill)
+
+
+def remove_spilled_features(output_dir: Path) -> None:
+    """Remove the spill folders that processes of an earlier, killed attempt left in a run
+    folder (call before this attempt's processes start caching)."""
+    shutil.rmtree(output_dir / SPILL_FOLDER, ignore_errors=True)

@@ -20,6 +20,8 @@ class RoundRecord:
     failures: int = 0
     seconds_per_step: float | None = None  # optimizer step, mean over clients
     class_mean_cosine: float | None = None  # ETF heads: mean pairwise cosine of class means
+    client_seconds: float | None = None  # sum of the replying clients' training seconds
+    client_peak_rss_mb: float | None = None  # largest peak RSS among the replying processes
     attempt: int = 1  # 1 for the first try; a retried round has one row per attempt
     merged: bool = True  # False: too few usable replies, the attempt was discarded
     failed_clients: str = ""  # "node-id: reason; ..." for errors, timeouts and rejected updates

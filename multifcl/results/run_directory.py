@@ -17,6 +17,7 @@ from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import FederatedStream
+from multifcl.features import remove_spilled_features
 from multifcl.metrics import RoundRecord, summarize
 from multifcl.results.partition_file import PARTITION_FILE, partition_counts
 from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
@@ -55,6 +56,7 @@ class RunDirectory:
     def start(self, config: ExperimentConfig, extra: dict) -> None:
         """Create the folder and write config.json and the rounds.csv header."""
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_spilled_features(self.path)
         payload = {**config.to_run_config(), **extra}
         _write_atomic(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
         with open(self.path / "rounds.csv", "w", newline="") as handle:
@@ -64,6 +66,7 @@ class RunDirectory:
     def reopen(self, config: ExperimentConfig, rounds_kept: int) -> None:
         """Continue an interrupted run in this folder: rounds.csv keeps its header and first
         `rounds_kept` rows (rows written after the resumed checkpoint are dropped)."""
+        remove_spilled_features(self.path)
         with open(self.path / "rounds.csv", newline="") as handle:
             rows = list(csv.reader(handle))[: 1 + rounds_kept]
         text = io.StringIO()

@@ -22,6 +22,8 @@ ROUND_SCALARS = (
     "failures",
     "seconds_per_step",
     "class_mean_cosine",
+    "client_seconds",
+    "client_peak_rss_mb",
 )
 SUMMARY_SCALARS = ("last", "avg", "forgetting", "bwt")
 
