@@ -1,5 +1,6 @@
 """The run directory and the printed summary."""
 
+import csv
 import json
 import tomllib
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.metrics import RoundRecord
 from multifcl.results import RunDirectory, print_summary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -40,6 +42,20 @@ def test_output_dir_holding_a_run_is_refused(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(ConfigError, match="'output-dir'"):
         RunDirectory(tmp_path)
+
+
+def test_a_resumed_run_keeps_its_rows_under_the_current_header(tmp_path):
+    old_header = "task,round,clients,bytes_up,bytes_down,seconds,train_loss,attempt,merged\n"
+    rows = "1,1,2,10,20,0.5,1.25,1,True\n1,2,2,10,20,0.4,1.0,1,True\n"
+    (tmp_path / "rounds.csv").write_text(old_header + rows)
+    RunDirectory(tmp_path, resume=True).reopen(ExperimentConfig(), rounds_kept=1)
+    kept = list(csv.DictReader((tmp_path / "rounds.csv").open()))
+    assert list(kept[0]) == RoundRecord.columns() and len(kept) == 1
+    assert (kept[0]["seconds"], kept[0]["train_loss"], kept[0]["client_seconds"]) == (
+        "0.5",
+        "1.25",
+        "",
+    )
 
 
 @pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)

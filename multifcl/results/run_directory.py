@@ -65,12 +65,15 @@ class RunDirectory:
 
     def reopen(self, config: ExperimentConfig, rounds_kept: int) -> None:
         """Continue an interrupted run in this folder: rounds.csv keeps its header and first
-        `rounds_kept` rows (rows written after the resumed checkpoint are dropped)."""
+        `rounds_kept` rows (rows written after the resumed checkpoint are dropped), under
+        today's header (columns an older version did not write stay empty)."""
         remove_spilled_features(self.path)
         with open(self.path / "rounds.csv", newline="") as handle:
-            rows = list(csv.reader(handle))[: 1 + rounds_kept]
+            rows = list(csv.DictReader(handle))[:rounds_kept]
         text = io.StringIO()
-        csv.writer(text).writerows(rows)
+        writer = csv.DictWriter(text, RoundRecord.columns(), restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
         _write_atomic(self.path / "rounds.csv", text.getvalue())
         self._open_tensorboard(config)
 
