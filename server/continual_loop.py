@@ -17,7 +17,12 @@ from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
 from multifcl.metrics import RoundRecord
 from multifcl.results import RunDirectory, default_output_dir, print_summary
-from multifcl.results.checkpoints import Checkpoint, RngStates, save_task_state
+from multifcl.results.checkpoints import (
+    Checkpoint,
+    RngStates,
+    save_client_states,
+    save_task_state,
+)
 from multifcl.results.resume import check_same_clients, open_resumable_run
 from strategies import ContinualStrategy
 from strategies.continual import RoundFailed
@@ -64,6 +69,10 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
         arrays = state_to_record(state)
         for server_round in range(first_round, config.rounds_per_task + 1):
+            last_round = (
+                task.index == stream.num_tasks - 1 and server_round == config.rounds_per_task
+            )
+            strategy.keep_client_states = config.save_task_checkpoints and last_round
             try:
                 arrays = strategy.train_round(grid, arrays, task, server_round)
             except RoundFailed as error:
@@ -73,6 +82,8 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
                     f"resume-from='{run_dir.path}'"
                 ) from None
             state = record_to_state(arrays)
+            if strategy.keep_client_states:
+                save_client_states(run_dir.path, strategy.client_states)
             checkpoint = _advance(
                 checkpoint,
                 task=task.index,

@@ -93,6 +93,8 @@ class ContinualStrategy(Strategy):
         self._attempt = 1
         self._round_started = 0.0
         self._bytes_down = 0
+        self.keep_client_states = False  # True: the next rounds keep `client_states`
+        self.client_states: dict[int, State] = {}  # node id -> its model after the round
 
     def summary(self) -> None:
         log(INFO, "\t└── ContinualStrategy with method %r", self.method.name)
@@ -197,6 +199,10 @@ class ContinualStrategy(Strategy):
             )
         self._report(record)
         merged = self.method.merge(self._state, merged_updates)
+        if self.keep_client_states:  # each client's own model: its update alone merged
+            self.client_states = {
+                node: self.method.merge(self._state, [update]) for node, update in updates.items()
+            }
         metrics = {"num-examples": sum(u.num_examples for u in merged_updates)}
         if record.train_loss is not None:
             metrics["train-loss"] = record.train_loss

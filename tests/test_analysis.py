@@ -4,7 +4,6 @@ errors, and `multifcl analyze` end to end on TINY runs with task checkpoints."""
 import csv
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from multifcl.analysis.neural_collapse import (
 )
 from multifcl.analysis.redundancy import diffused_redundancy
 from multifcl.cli import main
+from multifcl.experiment import load_experiment
 from multifcl.heads.etf import simplex_etf
 from server.continual_loop import run_continual_learning
 from tests.conftest import InProcessGrid
@@ -124,6 +124,27 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "not a run directory" in lines[2] and len(lines) == 3
 
 
+def test_the_last_round_keeps_each_clients_model_and_fedavg_of_them_is_the_final_model(
+    tiny_config,
+):
+    config = tiny_config(save_task_checkpoints=True, rounds_per_task=2, method="finetune")
+    experiment = load_experiment(config)
+    run_continual_learning(
+        InProcessGrid(train, config.to_run_config(), num_nodes=2), config, config.output_dir
+    )
+    snapshots = sorted((config.output_dir / "client-snapshots").glob("*.npz"))
+    assert [p.name for p in snapshots] == ["client-1000.npz", "client-1001.npz"]
+    clients = [dict(np.load(p)) for p in snapshots]
+    final = dict(np.load(config.output_dir / "task-checkpoints" / "task-02.npz"))
+    last_task = experiment.data.stream.task(1)
+    sizes = [len(experiment.data.client_train_set(last_task, c, 2)) for c in range(2)]
+    assert set(clients[0]) == set(final)
+    assert not np.array_equal(clients[0]["head.weight"], clients[1]["head.weight"])
+    for key, value in final.items():
+        mean = (sizes[0] * clients[0][key] + sizes[1] * clients[1][key]) / sum(sizes)
+        assert np.allclose(value, mean, atol=1e-6), key
+
+
 def finished_run(tiny_config, **changes):
     config = tiny_config(save_task_checkpoints=True, rounds_per_task=1, **changes)
     grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
@@ -140,9 +161,6 @@ def test_analyze_finetune_run_end_to_end(tiny_config, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["equizero"] = {"last": 12.5}  # as a run with eval-canonicalize = "equizero" writes
     (run / "metrics.json").write_text(json.dumps(metrics))
-    snapshots = run / "client-snapshots"
-    snapshots.mkdir()
-    shutil.copy(run / "task-checkpoints" / "task-02.npz", snapshots / "client-0.npz")
     assert main(["analyze", str(run), "--probe-size", "24", "--draws", "2", "--robustness"]) == 0
     assert "analysis written to" in capsys.readouterr().out
 
@@ -156,8 +174,11 @@ def test_analyze_finetune_run_end_to_end(tiny_config, capsys):
     assert len(drift) == 4 * 2  # vit-tiny: 4 blocks, 2 task checkpoints
     frozen = [float(r["cka"]) for r in drift if r["block"] != "block 4"]
     assert frozen == pytest.approx([1.0] * 6)  # finetune trains only the last block
-    clients = read_csv(run / "analysis" / "client_cka.csv")
-    assert [float(r["cka"]) for r in clients] == pytest.approx([1.0] * 4)
+    clients = read_csv(run / "analysis" / "client_cka.csv")  # the run's own snapshots
+    assert {r["client"] for r in clients} == {"client-1000", "client-1001"}
+    frozen = [float(r["cka"]) for r in clients if r["block"] != "block 4"]
+    trained = [float(r["cka"]) for r in clients if r["block"] == "block 4"]
+    assert frozen == pytest.approx([1.0] * 6) and all(0 < c <= 1 + 1e-9 for c in trained)
     redundancy = read_csv(run / "analysis" / "redundancy.csv")
     assert len(redundancy) == 2 * 10 and {r["after_task"] for r in redundancy} == {"1", "2"}
     collapse = read_csv(run / "analysis" / "neural_collapse.csv")

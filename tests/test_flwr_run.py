@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def test_flwr_run_completes_and_writes_results(flower, tmp_path):
         APP_DIR,
         overrides=(
             "dataset='synthetic' num-tasks=2 rounds-per-task=1 partition='iid' "
-            f"method='finetune' output-dir='{output}'"
+            f"method='finetune' save-task-checkpoints=true output-dir='{output}'"
         ),
         federation="num-supernodes=2 client-resources-num-cpus=1",
     )
@@ -36,6 +37,9 @@ def test_flwr_run_completes_and_writes_results(flower, tmp_path):
     assert len(metrics["accuracy_matrix"]) == 2 and metrics["tasks_finished"] == 2
     assert (output / "rounds.csv").read_text().count("\n") == 3  # header + 2 rounds
     assert "task 2/2 round 1/1" in run.logs
+    rows = list(csv.DictReader((output / "rounds.csv").open()))
+    assert all(float(r["client_seconds"]) > 0 and float(r["client_peak_rss_mb"]) > 50 for r in rows)
+    assert len(list((output / "client-snapshots").glob("client-*.npz"))) == 2
 
 
 def test_bad_input_fails_the_run_with_a_one_line_reason(flower, tmp_path):

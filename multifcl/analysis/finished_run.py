@@ -11,9 +11,7 @@ import numpy as np
 
 from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
 from multifcl.methods import State
-from multifcl.results.checkpoints import TASK_FOLDER
-
-CLIENT_SNAPSHOT_FOLDER = "client-snapshots"  # optional: client-<id>.npz, global-state format
+from multifcl.results.checkpoints import CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
 
 
 class AnalysisError(ValueError):

@@ -95,7 +95,7 @@ def _cka_section(found: CheckpointAnalysis) -> str:
     else:
         lines.append(
             "Client against global CKA: not available (the run kept no client snapshots in "
-            "`client-snapshots/client-<id>.npz`).\n"
+            "`client-snapshots/`; runs with save-task-checkpoints = true write them).\n"
         )
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
@@ -27,6 +27,7 @@ State = dict[str, np.ndarray]
 
 FOLDER = "checkpoints"
 TASK_FOLDER = "task-checkpoints"
+CLIENT_SNAPSHOT_FOLDER = "client-snapshots"
 KEPT = 2  # the newest and the previous good one
 FORMAT_VERSION = 1
 _STATE_PREFIX = "state/"
@@ -198,6 +199,18 @@ def save_task_state(run_path: Path, task_index: int, state: State) -> Path:
     path = run_path / TASK_FOLDER / f"task-{task_index + 1:02d}.npz"
     _write_npz_atomic(path, {key: np.asarray(value) for key, value in state.items()})
     return path
+
+
+def save_client_states(run_path: Path, states: Mapping[int, State]) -> list[Path]:
+    """Keep `client-snapshots/client-<node id>.npz`: each client's model after the run's
+    last round (the state that round started from, with only that client's update merged),
+    in the global state's format, for client-against-global analysis."""
+    paths = []
+    for node, state in sorted(states.items()):
+        path = run_path / CLIENT_SNAPSHOT_FOLDER / f"client-{node}.npz"
+        _write_npz_atomic(path, {key: np.asarray(value) for key, value in state.items()})
+        paths.append(path)
+    return paths
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
