@@ -63,7 +63,7 @@ class ExperimentConfig:
     cache_features: bool = True  # frozen encoder: one backbone pass per sample per task
     feature_cache_mb: int = 4096  # cached features kept in memory per process; more spill to disk
     transmit_dtype: str = "float32"  # float arrays of client uploads on the wire
-    # MultiFCL (METHOD.md section 1); ignored by the other methods
+    # MultiFCL (NeurIPS 2025); ignored by the other methods
     adapter: str = "bottleneck"
     adapter_rank: int = 8
     adapter_policy: str = "first-task"
@@ -79,7 +79,7 @@ class ExperimentConfig:
     use_text_init: bool = True
     use_experts: bool = True
     use_self_kd: bool = True
-    # Plug-ins (METHOD.md section 2), for every method that trains
+    # Plug-ins from neighbouring papers, for every method that trains
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -89,7 +89,7 @@ class ExperimentConfig:
     lr_schedule: str = "constant"
     tb_min: float = 0.5
     tb_max: float = 1.5
-    # Baselines (METHOD.md section 3); each key is read only by its method
+    # Baselines; each key is read only by its method
     pilora_rank: int = 4  # rank of each task's LoRA
     pilora_ortho_lambda: float = 0.5  # weight of the orthogonality to earlier tasks' LoRA
     pilora_pull_lambda: float = 0.1  # weight of the pull of features to their prototype
@@ -99,7 +99,7 @@ class ExperimentConfig:
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
-    min_fit_fraction: float = 0.5  # share of the round's clients whose replies must be merged
+    min_fit_fraction: float = 0.5  # share of the run's clients whose replies must be merged
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     resume_from: Path | None = None  # a run folder to continue from its last checkpoint
     save_task_checkpoints: bool = False  # keep task-checkpoints/task-<t>.npz after each task

@@ -1,4 +1,4 @@
-"""Metrics on hand-made accuracy matrices, against the formulas in BENCHMARKS.md."""
+"""Metrics on hand-made accuracy matrices, against the formulas in the README."""
 
 import pytest
 

@@ -77,7 +77,7 @@ def assert_close(actual: Tensors, expected: Tensors) -> None:
 
 
 def msam_sgd_by_hand(mu: float, rho: float, decay: float) -> list[tuple[Tensors, Tensors]]:
-    """The METHOD.md rule, step by step: (perturbed w~_{t+1}, unperturbed w_{t+1}) per step."""
+    """The MSAM rule (Becker et al., arXiv 2401.12033), step by step: (perturbed w~_{t+1}, unperturbed w_{t+1}) per step."""
     w = initial_weights()
     perturbed = [x.clone() for x in w]  # v_0 = 0: the first step is unperturbed
     v = [torch.zeros_like(x) for x in w]

@@ -1,4 +1,4 @@
-"""Linear centred kernel alignment (Kornblith et al., ICML 2019; METHOD.md 2d).
+"""Linear centred kernel alignment (Kornblith et al., ICML 2019).
 
 CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred features of the same
 n samples. It is 1 when Y is an orthogonal transform or an isotropic scaling of X, and it

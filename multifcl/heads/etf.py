@@ -1,4 +1,4 @@
-"""A fixed simplex equiangular tight frame (ETF) classifier head (METHOD.md 2b, FedETF).
+"""A fixed simplex equiangular tight frame (ETF) classifier head (neural collapse; FedETF, ICCV 2023).
 
 The class vectors are the C vertices of a simplex ETF: unit norm, pairwise cosine -1/(C-1),
 summing to zero. They are derived from a seed, never trained and never aggregated, so every

@@ -1,4 +1,4 @@
-"""TempBalance: layer-wise learning rates from heavy-tailed self-regularization (METHOD.md 2c).
+"""TempBalance: layer-wise learning rates from heavy-tailed self-regularization (TempBalance, NeurIPS 2023).
 
 Once per local epoch every eligible Linear/Conv layer gets the Hill estimate alpha of the
 power-law tail of its weight's eigenvalue spectrum. Heavier tails (small alpha) mark
