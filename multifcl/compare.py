@@ -129,6 +129,12 @@ def plan_comparison(
                 config = ExperimentConfig.from_run_config({**defaults, **values})
             except ConfigError as error:
                 raise CommandError(f"{label}: {error}") from None
+            if config.expected_clients not in (0, clients):
+                raise CommandError(
+                    f"{label}: run config key 'expected-clients': the config expects "
+                    f"{config.expected_clients} clients, --federation gives {clients} "
+                    f'(pass --federation "num-supernodes={config.expected_clients}")'
+                )
             runs.append(PlannedRun(label, seed, run_dir, _absolute_paths(values, config), config))
     return ComparisonPlan(out, list(row_pairs), list(seeds), runs, shared, settings)
 

@@ -101,6 +101,7 @@ class ExperimentConfig:
     round_timeout: float = 86400.0  # seconds a round waits for replies
     min_fit_fraction: float = 0.5  # share of the run's clients whose replies must be merged
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
+    expected_clients: int = 0  # 0: any federation size; else the run refuses another size
     resume_from: Path | None = None  # a run folder to continue from its last checkpoint
     save_task_checkpoints: bool = False  # keep task-checkpoints/task-<t>.npz after each task
     # Test-time canonicalization (README "Looking inside a run")
@@ -155,6 +156,10 @@ class ExperimentConfig:
             raise ConfigError(
                 "run config key 'min-fit-fraction': must be in (0, 1], "
                 f"got {self.min_fit_fraction!r}"
+            )
+        if self.expected_clients < 0:
+            raise ConfigError(
+                f"run config key 'expected-clients': must be >= 0, got {self.expected_clients}"
             )
         if self.max_round_retries < 0:
             raise ConfigError(

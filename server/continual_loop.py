@@ -12,7 +12,7 @@ from pathlib import Path
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from multifcl.config import ExperimentConfig
+from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
 from multifcl.metrics import RoundRecord
@@ -145,9 +145,10 @@ def _start_or_resume(
     else:
         output_dir = config.output_dir or default_output_dir(config, base_dir)
         run_dir = RunDirectory(output_dir, config.logger)  # refuses a folder that holds a run
+    num_clients = _wait_for_nodes(grid)
+    _check_expected_clients(config, num_clients)
     experiment = load_experiment(config)
     stream = experiment.data.stream
-    num_clients = _wait_for_nodes(grid)
     experiment.data.check_clients(num_clients)
     experiment.data.check_readable()
     if checkpoint is not None:
@@ -240,6 +241,16 @@ def _next_step(checkpoint: Checkpoint, rounds_per_task: int, num_tasks: int) -> 
 
 def _warn(line: str) -> None:
     log(WARNING, "%s", line)
+
+
+def _check_expected_clients(config: ExperimentConfig, num_clients: int) -> None:
+    """A one-line ConfigError when the federation is not the size the config asks for."""
+    if config.expected_clients and num_clients != config.expected_clients:
+        raise ConfigError(
+            f"run config key 'expected-clients': this config expects {config.expected_clients} "
+            f"clients, the federation has {num_clients} (in simulation: --federation-config "
+            f'"num-supernodes={config.expected_clients}")'
+        )
 
 
 def _wait_for_nodes(grid: Grid) -> int:

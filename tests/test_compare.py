@@ -137,6 +137,13 @@ def test_overrides_reach_flwr_exactly(tmp_path):
         (["prototypes"], [0], "colour=1", "", "run config key 'colour': unknown key"),
         (["prototypes"], [0], "", "num-supernodes=0", "num-supernodes must be an integer >= 1"),
         (["prototypes", "prototypes"], [0], "", "", "two rows have the same label"),
+        (
+            ["prototypes"],
+            [0],
+            "expected-clients=10",
+            "",
+            "'expected-clients': the config expects 10 clients, --federation gives 2",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_anything_runs(

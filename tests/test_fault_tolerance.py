@@ -287,3 +287,31 @@ def test_failure_reasons_become_one_short_line_for_rounds_csv():
     assert "\n" not in line and ";" not in line and len(line) == continual.REASON_MAX_CHARS
     assert line.startswith("<class 'ClientAppException'>:<' Exception occurred, Message: boom")
     assert line.endswith("...")
+
+
+def test_a_federation_of_another_size_is_refused_before_anything_loads(
+    tiny_config, tmp_path, monkeypatch
+):
+    from server import continual_loop
+
+    config = tiny_config(expected_clients=3)
+
+    def must_not_load(config):
+        raise AssertionError("the experiment loaded before the client count was checked")
+
+    monkeypatch.setattr(continual_loop, "load_experiment", must_not_load)
+    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
+    message = (
+        "run config key 'expected-clients': this config expects 3 clients, the federation "
+        'has 2 (in simulation: --federation-config "num-supernodes=3")'
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_continual_learning(grid, config, tmp_path)
+    assert not config.output_dir.exists() and not grid.sent
+
+
+def test_a_federation_of_the_expected_size_runs(tiny_config, tmp_path):
+    config = tiny_config(expected_clients=2, num_tasks=2, rounds_per_task=1)
+    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
+    metrics = run_continual_learning(grid, config, tmp_path)
+    assert metrics["tasks_finished"] == 2

@@ -19,6 +19,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "round-timeout",
         "min-fit-fraction",
         "max-round-retries",
+        "expected-clients",
         "save-task-checkpoints",
         "logger",
     }
