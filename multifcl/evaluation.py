@@ -20,7 +20,7 @@ import torch
 from multifcl.analysis.equizero import equizero_accuracies
 from multifcl.backbones.host_transfer import to_device
 from multifcl.data import FederatedStream, InMemoryImages, Task
-from multifcl.features import FeatureCache, FeatureKey, data_fingerprint, feature_cache_for
+from multifcl.features import FeatureCache, FeatureKey, feature_cache_for
 from multifcl.methods import Method, State
 from multifcl.methods.base import batches
 
@@ -70,7 +70,7 @@ def evaluate_seen_tasks(
         if split is None:
             scored = _pixel_logits(method, state, test_set)
         else:
-            key = FeatureKey(data_fingerprint(test_set), split.encoder, task.index)
+            key = FeatureKey(test_set.fingerprint, split.encoder, task.index)
             features = cache.get_or_compute(
                 key, lambda images=test_set.images: split.encode(images)
             )

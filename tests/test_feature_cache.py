@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multifcl.experiment import load_experiment
-from multifcl.features import FeatureCache, FeatureKey, data_fingerprint, feature_cache_for
+from multifcl.features import FeatureCache, FeatureKey, feature_cache_for
 from multifcl.seeding import derive_seed
 
 MULTIFCL = {"method": "multifcl", "use_text_init": False, "adapter_policy": "first-task"}
@@ -118,13 +118,13 @@ def test_entries_over_the_memory_budget_spill_to_disk_and_come_back(tmp_path):
 def test_fingerprint_sees_every_pixel_and_label(tiny_config):
     data = load_experiment(tiny_config()).data
     images = data.client_train_set(data.stream.task(0), 0, 1)
-    base = data_fingerprint(images)
+    base = images.fingerprint
     pixel = type(images)(images.images.clone(), images.labels.copy())
     pixel.images[-1, -1, -1, -1] ^= 1
     label = type(images)(images.images, images.labels.copy())
     label.labels[0] += 1
-    assert len({base, data_fingerprint(pixel), data_fingerprint(label)}) == 3
-    assert data_fingerprint(type(images)(images.images.clone(), images.labels.copy())) == base
+    assert len({base, pixel.fingerprint, label.fingerprint}) == 3
+    assert type(images)(images.images.clone(), images.labels.copy()).fingerprint == base
 
 
 def test_the_client_app_path_uses_the_cache_and_gets_the_same_run(tiny_config, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +44,16 @@ class InMemoryImages:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the exact images and labels (far cheaper than one backbone pass),
+        computed once per object: nothing changes images in place."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr(tuple(self.images.shape)).encode())
+        digest.update(np.ascontiguousarray(self.labels))
+        digest.update(self.images.contiguous().numpy())
+        return digest.hexdigest()
 
     def take(self, indices: np.ndarray) -> InMemoryImages:
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))

@@ -3,7 +3,6 @@
 from multifcl.features.cache import (
     FeatureCache,
     FeatureKey,
-    data_fingerprint,
     encoder_fingerprint,
     feature_cache_for,
     remove_spilled_features,
@@ -14,7 +13,6 @@ __all__ = [
     "FeatureCache",
     "FeatureKey",
     "FeatureSplit",
-    "data_fingerprint",
     "encoder_fingerprint",
     "feature_cache_for",
     "remove_spilled_features",

@@ -30,7 +30,6 @@ import torch
 
 from multifcl.backbones.host_transfer import to_device
 from multifcl.config import ExperimentConfig
-from multifcl.data import InMemoryImages
 
 Features = list[torch.Tensor]
 SPILL_FOLDER = "feature-cache"  # under a run's output folder
@@ -41,18 +40,9 @@ _CACHE_NUMBERS = itertools.count()  # one spill folder per cache, even within on
 class FeatureKey:
     """What a stored feature list depends on."""
 
-    data: str  # fingerprint of the images and labels
+    data: str  # the images' and labels' fingerprint (`InMemoryImages.fingerprint`)
     encoder: str  # fingerprint of everything upstream of the features
     task: int
-
-
-def data_fingerprint(data: InMemoryImages) -> str:
-    """A digest of the exact images and labels (far cheaper than one backbone pass)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr(tuple(data.images.shape)).encode())
-    digest.update(np.ascontiguousarray(data.labels).tobytes())
-    digest.update(data.images.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def encoder_fingerprint(description: Iterable[str], arrays: Mapping[str, np.ndarray]) -> str:
@@ -62,7 +52,7 @@ def encoder_fingerprint(description: Iterable[str], arrays: Mapping[str, np.ndar
         digest.update(part.encode() + b"\0")
     for key in sorted(arrays):
         digest.update(key.encode() + b"\0")
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+        digest.update(np.ascontiguousarray(arrays[key]))
     return digest.hexdigest()
 
 

@@ -25,7 +25,6 @@ from multifcl.data import InMemoryImages, Task
 from multifcl.features import (
     FeatureKey,
     FeatureSplit,
-    data_fingerprint,
     encoder_fingerprint,
     feature_cache_for,
 )
@@ -195,7 +194,7 @@ class MultiFCLMethod(Method):
         are computed once per task (`cache-features`) and reused in every round."""
         if trainable_set is not None or not self.config.cache_features:
             return self._encode(data.images)
-        key = FeatureKey(data_fingerprint(data), self._encoder_fingerprint(state), task.index)
+        key = FeatureKey(data.fingerprint, self._encoder_fingerprint(state), task.index)
         self.feature_cache.keep_only(lambda k: k.task == key.task and k.encoder == key.encoder)
         return self.feature_cache.get_or_compute(
             key, lambda: self._encode(data.images), self.encoder.device

@@ -16,7 +16,6 @@ from multifcl.data import InMemoryImages, Task
 from multifcl.features import (
     FeatureKey,
     FeatureSplit,
-    data_fingerprint,
     encoder_fingerprint,
     feature_cache_for,
 )
@@ -58,7 +57,7 @@ class PrototypesMethod(Method):
         """The backbone's final features of `data`, computed once per task (`cache-features`)."""
         if not self.config.cache_features:
             return self._encode(data.images)[0]
-        key = FeatureKey(data_fingerprint(data), self.encoder_fingerprint, task.index)
+        key = FeatureKey(data.fingerprint, self.encoder_fingerprint, task.index)
         self.feature_cache.keep_only(lambda k: k.task == key.task)
         return self.feature_cache.get_or_compute(key, lambda: self._encode(data.images))[0]
 
