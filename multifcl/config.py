@@ -134,36 +134,26 @@ class ExperimentConfig:
         _check_choice("eval-group", self.eval_group, tuple(TRANSFORM_GROUPS))
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
-        for key in positive + ("lr", "beta", "temperature"):
+        positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
+        positive += ("round-timeout",)
+        for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
-        if self.image_size < 0:
-            raise ConfigError(f"run config key 'image-size': must be >= 0, got {self.image_size}")
-        for key in ("pilora-rank", "lwf-temperature"):
-            _check_positive(key, getattr(self, _attribute(key)))
-        baseline_weights = ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
-        for key in ("kd-lambda", "momentum", "weight-decay", "rho") + baseline_weights:
+        not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
+        not_negative += ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
+        not_negative += ("expected-clients", "max-round-retries")
+        for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
                 raise ConfigError(
                     f"run config key '{key}': must be >= 0, got {getattr(self, _attribute(key))}"
                 )
-        _check_positive("tb-min", self.tb_min)
         if self.tb_max < self.tb_min:
             raise ConfigError(
                 f"run config key 'tb-max': must be >= tb-min ({self.tb_min}), got {self.tb_max}"
             )
-        _check_positive("round-timeout", self.round_timeout)
         if not 0 < self.min_fit_fraction <= 1:
             raise ConfigError(
                 "run config key 'min-fit-fraction': must be in (0, 1], "
                 f"got {self.min_fit_fraction!r}"
-            )
-        if self.expected_clients < 0:
-            raise ConfigError(
-                f"run config key 'expected-clients': must be >= 0, got {self.expected_clients}"
-            )
-        if self.max_round_retries < 0:
-            raise ConfigError(
-                f"run config key 'max-round-retries': must be >= 0, got {self.max_round_retries}"
             )
         if self.use_self_kd and not self.use_experts:
             raise ConfigError(
