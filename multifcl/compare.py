@@ -32,6 +32,7 @@ from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
 from multifcl.reporting import figures
 from multifcl.reporting.comparison_table import comparison_rows, markdown_table, write_csv
 from multifcl.reporting.run_results import RunResults, is_finished
+from multifcl.results.resume import config_differences
 from multifcl.results.run_directory import FORMULAS
 
 SUMMARY = "run methods or presets over seeds with flwr run, then tabulate and plot them"
@@ -330,13 +331,15 @@ def _absolute_paths(values: RunConfig, config: ExperimentConfig) -> RunConfig:
 def _check_same_config(run: PlannedRun, num_clients: int) -> None:
     """Refuse to reuse a finished run whose saved config differs from the planned one."""
     saved = RunResults.load(run.run_dir).config
-    wanted = {**run.config.to_run_config(), "num-clients": num_clients}
-    for key, value in wanted.items():
-        if key in saved and key not in CONFIG_KEYS_NOT_COMPARED and saved[key] != value:
-            raise CommandError(
-                f"{run.run_dir} finished with {key}={saved[key]!r} but this comparison asks for "
-                f"{key}={value!r}; use another --out or remove that run"
-            )
+    differing = config_differences(saved, run.config, ignored=CONFIG_KEYS_NOT_COMPARED)
+    if saved.get("num-clients", num_clients) != num_clients:
+        differing.append(("num-clients", saved["num-clients"], num_clients))
+    if differing:
+        key, before, wanted = differing[0]
+        raise CommandError(
+            f"{run.run_dir} finished with {key}={before!r} but this comparison asks for "
+            f"{key}={wanted!r}; use another --out or remove that run"
+        )
 
 
 def _move_aside(folder: Path, parking: Path) -> Path:

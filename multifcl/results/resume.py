@@ -4,7 +4,7 @@ long work: the folder, its config.json and a usable checkpoint."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
@@ -50,7 +50,9 @@ def open_resumable_run(
         raise ConfigError(
             f"{key}: {str(folder)!r} has no readable {CONFIG_FILE}: {reason}"
         ) from None
-    differing = result_changing_differences(saved, config)
+    differing = [
+        f"{key}: {before!r} -> {now!r}" for key, before, now in config_differences(saved, config)
+    ]
     if differing:
         raise ConfigError(
             f"{key}: {str(folder)!r} was run with another config; these keys change results "
@@ -63,17 +65,17 @@ def open_resumable_run(
     return folder, saved, checkpoint
 
 
-def result_changing_differences(saved: dict, config: ExperimentConfig) -> list[str]:
-    """`key: saved -> now` for each result-changing key whose value differs. A key missing
-    from an older config.json counts as its default value."""
+def config_differences(
+    saved: dict, config: ExperimentConfig, ignored: Collection[str] = RESULT_NEUTRAL_KEYS
+) -> list[tuple[str, object, object]]:
+    """(key, saved value, value now) for each key outside `ignored` whose value differs. A
+    key missing from an older config.json counts as its default value."""
     defaults = ExperimentConfig().to_run_config()
     differing = []
     for key, value in config.to_run_config().items():
-        if key in RESULT_NEUTRAL_KEYS:
-            continue
         before = saved.get(key, defaults[key])
-        if before != value:
-            differing.append(f"{key}: {before!r} -> {value!r}")
+        if key not in ignored and before != value:
+            differing.append((key, before, value))
     return differing
 
 
