@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from multifcl.atomic_files import replace_text_atomically
 from multifcl.config import ExperimentConfig
 from multifcl.data.archives import DatasetArchive
 from multifcl.data.decoded_cache import (
@@ -140,13 +140,11 @@ def _read_split(split_file: Path, names: list[str]) -> np.ndarray:
 def _write_atomically(preferred: Path, fallback: Path, name: str, text: str) -> None:
     """Write `name` in `preferred`, or in `fallback` when `preferred` is read-only."""
     for folder in (preferred, fallback):
-        partial = folder / f"{name}.{os.getpid()}.partial"
         try:
-            partial.write_text(text)
-            os.replace(partial, folder / name)
+            replace_text_atomically(folder / name, text)
             return
         except OSError:
-            partial.unlink(missing_ok=True)
+            continue
     logger.warning(
         "could not write %s in %s or %s; the split is drawn again next run",
         name,

@@ -12,9 +12,7 @@ the two newest are kept: a truncated or corrupt newest file falls back to the on
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import getLogger
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from multifcl.atomic_files import replace_atomically
 
 State = dict[str, np.ndarray]
 
@@ -97,7 +97,7 @@ class Checkpoint:
         """Write `checkpoints/checkpoint-<step>.npz` atomically; keep only the newest two."""
         folder = run_path / FOLDER
         path = folder / self.file_name
-        _write_npz_atomic(path, self._arrays())
+        _write_npz(path, self._arrays())
         for old in _checkpoint_files(folder)[KEPT:]:
             old.unlink(missing_ok=True)
         return path
@@ -197,7 +197,7 @@ def save_task_state(run_path: Path, task_index: int, state: State) -> Path:
     """Keep `task-checkpoints/task-<t>.npz` (t 1-based): the global state after that task,
     keys as in the state, for later analysis."""
     path = run_path / TASK_FOLDER / f"task-{task_index + 1:02d}.npz"
-    _write_npz_atomic(path, {key: np.asarray(value) for key, value in state.items()})
+    _write_npz(path, state)
     return path
 
 
@@ -208,42 +208,20 @@ def save_client_states(run_path: Path, states: Mapping[int, State]) -> list[Path
     paths = []
     for node, state in sorted(states.items()):
         path = run_path / CLIENT_SNAPSHOT_FOLDER / f"client-{node}.npz"
-        _write_npz_atomic(path, {key: np.asarray(value) for key, value in state.items()})
+        _write_npz(path, state)
         paths.append(path)
     return paths
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """`arrays` as an .npz (no pickle), replaced atomically and flushed to disk."""
+    values = {key: np.asarray(value) for key, value in arrays.items()}
+    replace_atomically(path, lambda stream: np.savez(stream, **values), durable=True)
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
     """Checkpoint files, newest first."""
     return sorted(folder.glob("checkpoint-*.npz"), reverse=True)
-
-
-def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Temporary file in the same folder, flushed to disk, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _cuda_ready() -> bool:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from multifcl.atomic_files import replace_atomically, replace_text_atomically
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import FederatedStream
 from multifcl.features import remove_spilled_features
@@ -58,7 +57,7 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_spilled_features(self.path)
         payload = {**config.to_run_config(), **extra}
-        _write_atomic(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
+        replace_text_atomically(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
         with open(self.path / "rounds.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(RoundRecord.columns())
         self._open_tensorboard(config)
@@ -74,7 +73,7 @@ class RunDirectory:
         writer = csv.DictWriter(text, RoundRecord.columns(), restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomic(self.path / "rounds.csv", text.getvalue())
+        replace_text_atomically(self.path / "rounds.csv", text.getvalue())
         self._open_tensorboard(config)
 
     def _open_tensorboard(self, config: ExperimentConfig) -> None:
@@ -84,7 +83,7 @@ class RunDirectory:
     def write_partition(self, data: FederatedStream, num_clients: int) -> None:
         """Write partition.json: per task, the clients x classes training-sample counts."""
         counts = partition_counts(data, num_clients)
-        _write_atomic(self.path / PARTITION_FILE, json.dumps(counts) + "\n")
+        replace_text_atomically(self.path / PARTITION_FILE, json.dumps(counts) + "\n")
 
     def append_round(self, record: RoundRecord) -> None:
         with open(self.path / "rounds.csv", "a", newline="") as handle:
@@ -120,7 +119,7 @@ class RunDirectory:
         if cil_equizero and len(cil_equizero) == len(cil):  # one row per evaluated task
             metrics["accuracy_matrix_equizero"] = _square(cil_equizero, num_tasks)
             metrics["equizero"] = summarize(cil_equizero).as_dict()
-        _write_atomic(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        replace_text_atomically(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         self._plot(cil, summary.stage_accuracy)
         if self._tensorboard is not None:
             self._tensorboard.log_task(metrics)
@@ -148,11 +147,9 @@ class RunDirectory:
         axis.legend(fontsize=7, ncol=2)
         axis.grid(alpha=0.3)
         figure.tight_layout()
-        handle, temporary = tempfile.mkstemp(suffix=".png", dir=self.path)
-        os.close(handle)
-        figure.savefig(temporary, dpi=120)
+        png = self.path / "accuracy.png"
+        replace_atomically(png, lambda stream: figure.savefig(stream, format="png", dpi=120))
         plt.close(figure)
-        os.replace(temporary, self.path / "accuracy.png")
 
 
 def _square(rows: list[list[float]], size: int) -> list[list[float | None]]:
@@ -160,10 +157,3 @@ def _square(rows: list[list[float]], size: int) -> list[list[float | None]]:
     return [
         [rows[t][j] if t < len(rows) and j <= t else None for j in range(size)] for t in range(size)
     ]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
