@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from multifcl.config import ExperimentConfig
 from multifcl.data import DatasetSplits, FederatedStream, InMemoryImages
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.methods.multifcl import MultiFCLMethod
+from multifcl.metrics.resources import peak_rss_mb
 from multifcl.seeding import derive_seed
 
 NUM_CLASSES, NUM_TASKS, TRAIN_PER_CLASS, TEST_PER_CLASS, SOURCE_SIZE = 100, 10, 500, 100, 32
@@ -317,7 +317,7 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         results["peak-gpu-gib"] = peak
         report(f"  peak GPU memory (federated stage): {peak:.2f} GiB")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss = peak_rss_mb() / 2**10
     results["peak-rss-gib"] = rss
     results["total-seconds"] = clock.elapsed()
     report(f"peak host RSS {rss:.2f} GiB; gpu_check finished in {clock.elapsed():.1f} s")

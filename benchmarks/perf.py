@@ -30,7 +30,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -46,12 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.communication import later_task_upload
 from multifcl.backbones import load_backbone
+from multifcl.compare import key_values_text
 from multifcl.config import ExperimentConfig
 from multifcl.data import DatasetSplits, FederatedStream, load_splits
 from multifcl.data.images import ImageFiles
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.features import FeatureCache
 from multifcl.methods import build_method
+from multifcl.metrics.resources import peak_rss_mb
 from multifcl.seeding import derive_seed
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -317,8 +318,7 @@ def section_flower(args, report) -> dict:
         if args.flwr_dataset == "imagefolder":
             run_config["data-root"] = str(args.flwr_data_root)
         compute, inprocess_wall = client_compute_seconds(run_config, clients, base)
-        overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-        overrides += f" output-dir='{base / 'flwr'}'"
+        overrides = key_values_text({**run_config, "output-dir": str(base / "flwr")})
         (base / "home").mkdir()
         with (
             LocalFlower(home=base / "home", workdir=base) as flower,
@@ -365,12 +365,6 @@ def section_flower(args, report) -> dict:
             )
         report(f"  peak RSS per client process (MB): {', '.join(f'{mb:.0f}' for mb in peaks)}")
     return results
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f"'{value}'" if isinstance(value, str) else str(value)
 
 
 def main() -> None:
@@ -420,7 +414,7 @@ def main() -> None:
         results["bytes"] = section_bytes(report)
     if "flower" not in args.skip:
         results["flower"] = section_flower(args, report)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     report(
         f"peak RSS of this process {peak:.0f} MB; perf finished in {time.perf_counter() - started:.0f} s"
     )

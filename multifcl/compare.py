@@ -72,7 +72,7 @@ class PlannedRun:
 
     def overrides_text(self) -> str:
         """The overrides as one `flwr run -c` string."""
-        return _pairs_text(self.overrides)
+        return key_values_text(self.overrides)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class ComparisonPlan:
         return int(self.federation["num-supernodes"])
 
     def federation_text(self) -> str:
-        return _pairs_text(self.federation)
+        return key_values_text(self.federation)
 
 
 Launch = Callable[[PlannedRun], None]  # runs one planned run to the end, into run.run_dir
@@ -184,7 +184,7 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
     header = (
         "# Comparison\n\n"
         f"Rows: {', '.join(plan.labels)}; seeds: {' '.join(map(str, plan.seeds))}; "
-        f"overrides: `{_pairs_text(plan.shared_overrides) or 'none'}`; "
+        f"overrides: `{key_values_text(plan.shared_overrides) or 'none'}`; "
         f"federation: `{plan.federation_text()}`.\n\n"
         "CIL accuracy in percent, mean ± std over seeds (std with ddof=1; n/a for one seed). "
         f"Forgetting: {FORMULAS['forgetting']}; BWT: {FORMULAS['bwt']} (a[t][j]: "
@@ -361,7 +361,7 @@ def _toml_value(value: bool | float | str) -> str:
     return repr(value)
 
 
-def _pairs_text(pairs: RunConfig) -> str:
+def key_values_text(pairs: RunConfig) -> str:
     """`key=value ...` as flwr's `-c` and `--federation-config` take them."""
     return " ".join(f"{key}={_toml_value(value)}" for key, value in pairs.items())
 

@@ -8,9 +8,8 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from multifcl.config import ExperimentConfig
-from server.in_process_grid import InProcessGrid
 
-__all__ = ["TINY", "InProcessGrid"]
+__all__ = ["TINY"]
 
 TINY = {
     "dataset": "synthetic",

@@ -24,7 +24,7 @@ from multifcl.cli import main
 from multifcl.experiment import load_experiment
 from multifcl.heads.etf import simplex_etf
 from server.continual_loop import run_continual_learning
-from tests.conftest import InProcessGrid
+from server.in_process_grid import InProcessGrid
 
 RNG = np.random.default_rng(0)
 

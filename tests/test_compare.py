@@ -17,7 +17,7 @@ from clients.client_app import train
 from multifcl.cli import CommandError, main
 from multifcl.compare import parse_key_values, plan_comparison, run_comparison
 from server.continual_loop import run_continual_learning
-from tests.conftest import InProcessGrid
+from server.in_process_grid import InProcessGrid
 
 TINY = "dataset='synthetic' num-tasks=2 rounds-per-task=1 partition='iid' batch-size=16"
 

@@ -25,7 +25,7 @@ import pytest
 from clients.client_app import train
 from multifcl.local_flower import LocalFlower
 from server.continual_loop import run_continual_learning
-from tests.conftest import InProcessGrid
+from server.in_process_grid import InProcessGrid
 from tests.test_data_sources import make_image_folder
 
 APP_DIR = Path(__file__).resolve().parents[1]

@@ -106,6 +106,16 @@ def test_evaluation_reports_equizero_next_to_plain_accuracy(tiny_config):
     stage = evaluate_seen_tasks(method, state, data, task)
     assert stage.cil_equizero is not None and len(stage.cil_equizero) == 1
     assert 0.0 <= stage.cil_equizero[0] <= 100.0
+    # the same number by hand: the classifier wrapped in equizero over the flip group
+    seen = len(task.seen_classes)
+    by_hand = class_incremental_accuracy(
+        EquizeroClassifier(method.classifier(state), "flip", seen),
+        method.backbone.preprocess,
+        data.test_set(task),
+        seen,
+        config.batch_size,
+    )
+    assert stage.cil_equizero[0] == pytest.approx(by_hand)
     plain = load_experiment(tiny_config())
     assert evaluate_seen_tasks(plain.method, state, plain.data, task).cil_equizero is None
 
@@ -160,7 +170,7 @@ def test_robustness_table_matches_equizero_on_each_transformed_test_set(group):
 def test_a_run_with_equizero_writes_its_matrix_to_metrics_json(tiny_config):
     from clients.client_app import train
     from server.continual_loop import run_continual_learning
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
     config = tiny_config(eval_canonicalize="equizero", eval_group="flip", rounds_per_task=1)
     grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)

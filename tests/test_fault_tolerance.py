@@ -18,10 +18,10 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.results.checkpoints import latest_checkpoint
 from server.continual_loop import run_continual_learning
+from server.in_process_grid import InProcessGrid
 from strategies import continual
 from strategies.continual import RoundFailed
 from strategies.update_validation import RejectedUpdate
-from tests.conftest import InProcessGrid
 
 
 class DroppingGrid(InProcessGrid):
@@ -262,11 +262,18 @@ def test_a_dead_ray_actor_is_replaced_in_the_simulation_pool(monkeypatch):
     from flwr.simulation.ray_transport import ray_actor
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from server.ray_actor_pool import replace_dead_actors
+    from server.ray_actor_pool import _PATCHED, replace_dead_actors
 
-    assert replace_dead_actors() and replace_dead_actors()  # idempotent
-    pool = ray_actor.BasicActorPool.__new__(ray_actor.BasicActorPool)
-    pool.pool, pool.create_actor_fn = [], lambda: "fresh actor"
+    pool_class = ray_actor.BasicActorPool
+    original = pool_class.fetch_result_and_return_actor_to_pool
+    # start unpatched, and leave Flower's class as it was after the test
+    monkeypatch.setattr(pool_class, "fetch_result_and_return_actor_to_pool", original)
+    monkeypatch.setattr(pool_class, _PATCHED, False, raising=False)
+    assert replace_dead_actors() and replace_dead_actors()
+    created: list[str] = []
+    pool = pool_class.__new__(pool_class)
+    pool.pool = []
+    pool.create_actor_fn = lambda: created.append("fresh actor") or "fresh actor"
     pool._future_to_actor = {"died": "dead actor", "raised": "live actor"}
     errors = {"died": ActorDiedError(), "raised": RayTaskError("train", "traceback", KeyError())}
 
@@ -279,6 +286,7 @@ def test_a_dead_ray_actor_is_replaced_in_the_simulation_pool(monkeypatch):
             pool.fetch_result_and_return_actor_to_pool(future)
         pool.add_actor_back_to_pool(future)  # what RayBackend.process_message does next
     assert pool.pool == ["fresh actor", "live actor"]
+    assert created == ["fresh actor"]  # patched once: a second call wraps nothing again
 
 
 def test_failure_reasons_become_one_short_line_for_rounds_csv():
@@ -310,8 +318,18 @@ def test_a_federation_of_another_size_is_refused_before_anything_loads(
     assert not config.output_dir.exists() and not grid.sent
 
 
-def test_a_federation_of_the_expected_size_runs(tiny_config, tmp_path):
-    config = tiny_config(expected_clients=2, num_tasks=2, rounds_per_task=1)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    metrics = run_continual_learning(grid, config, tmp_path)
-    assert metrics["tasks_finished"] == 2
+def test_a_federation_of_the_expected_size_goes_on_to_load_the_experiment(
+    tiny_config, tmp_path, monkeypatch
+):
+    from server import continual_loop
+
+    class Loading(Exception):
+        """Raised where the run would load the backbone and data: the check let it through."""
+
+    def loading(config):
+        raise Loading
+
+    monkeypatch.setattr(continual_loop, "load_experiment", loading)
+    config = tiny_config(expected_clients=2)
+    with pytest.raises(Loading):
+        run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)

@@ -130,7 +130,7 @@ def test_fingerprint_sees_every_pixel_and_label(tiny_config):
 def test_the_client_app_path_uses_the_cache_and_gets_the_same_run(tiny_config, tmp_path):
     from clients.client_app import train
     from server.continual_loop import run_continual_learning
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
     results = {}
     for cache in (True, False):

@@ -12,8 +12,8 @@ from clients.client_app import train
 from multifcl.config import ConfigError
 from multifcl.experiment import load_experiment
 from server.continual_loop import run_continual_learning
+from server.in_process_grid import InProcessGrid
 from strategies.records import ARRAYS, CONFIG, record_to_state
-from tests.conftest import InProcessGrid
 
 
 @pytest.mark.parametrize("method", ["prototypes", "finetune"])

@@ -67,7 +67,7 @@ def test_a_float16_run_sends_half_and_clients_report_time_and_memory(tiny_config
     from clients.client_app import train
     from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
     from server.continual_loop import run_continual_learning
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
     replies, uploads = [], {}
     for dtype in ("float32", "float16"):

@@ -17,8 +17,8 @@ from multifcl.losses.self_distillation import self_distillation_loss, teacher_we
 from multifcl.methods import ClientUpdate
 from multifcl.methods.multifcl import MultiFCLMethod
 from server.continual_loop import run_continual_learning
+from server.in_process_grid import InProcessGrid
 from strategies.records import ARRAYS, CONFIG, record_to_state
-from tests.conftest import InProcessGrid
 
 ALL_OFF = {
     "use_adapters": False,

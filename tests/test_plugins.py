@@ -11,7 +11,7 @@ from multifcl.experiment import load_experiment
 from multifcl.methods.base import CLASS_MEAN_COSINE, SECONDS_PER_STEP
 from multifcl.optim.local_training import LocalTraining
 from server.continual_loop import run_continual_learning
-from tests.conftest import InProcessGrid
+from server.in_process_grid import InProcessGrid
 
 
 def first_task_update(config):

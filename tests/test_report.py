@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 from matplotlib.image import imread
 
 from clients.client_app import train
@@ -17,7 +16,8 @@ from multifcl.experiment import load_experiment
 from multifcl.reporting import RunResults
 from multifcl.reporting.report import partition_of, render_report
 from server.continual_loop import run_continual_learning
-from tests.conftest import TINY, InProcessGrid
+from server.in_process_grid import InProcessGrid
+from tests.conftest import TINY
 
 NUM_CLIENTS = 3
 
@@ -31,7 +31,6 @@ def tiny_config(folder, seed: int) -> ExperimentConfig:
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
     """Two seeds of one tiny prototypes run over three clients (made once for this module)."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     base = tmp_path_factory.mktemp("runs")
     for seed in (0, 1):
         config = tiny_config(base / f"prototypes-seed{seed}", seed)

@@ -138,7 +138,7 @@ def test_task_checkpoints_hold_the_global_state_after_each_task(reference):
 def test_resuming_a_finished_run_returns_its_metrics_without_training(reference, tmp_path):
     from clients.client_app import train
     from server.continual_loop import run_continual_learning
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
     config = ExperimentConfig.from_run_config({**RUN, "resume-from": str(reference)})
     grid = InProcessGrid(train, config.to_run_config(), NODES)
@@ -150,7 +150,7 @@ def test_resuming_a_finished_run_returns_its_metrics_without_training(reference,
 def test_a_resume_with_other_clients_stops_before_any_round(reference, tmp_path):
     from clients.client_app import train
     from server.continual_loop import run_continual_learning
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
     config = ExperimentConfig.from_run_config({**RUN, "resume-from": str(reference)})
     grid = InProcessGrid(train, config.to_run_config(), NODES + 1)
@@ -295,13 +295,11 @@ def test_task_state_files_hold_the_state_keys_exactly(tmp_path):
 
 
 def _worker(run_config: dict, kill: dict | None) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
 
     import server.continual_loop as loop
     from clients.client_app import train
-    from tests.conftest import InProcessGrid
+    from server.in_process_grid import InProcessGrid
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     kill = kill or {}
 
     def die() -> None:

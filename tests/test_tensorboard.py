@@ -12,7 +12,7 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import RoundRecord
 from multifcl.results import RunDirectory, tensorboard_log
 from server.continual_loop import run_continual_learning
-from tests.conftest import InProcessGrid
+from server.in_process_grid import InProcessGrid
 
 
 def test_a_tiny_run_writes_round_and_task_scalars(tiny_config, tmp_path):

@@ -16,6 +16,7 @@ from multifcl.experiment import load_experiment
 from multifcl.methods import ClientUpdate
 from multifcl.methods.base import UpdateLayout
 from server.continual_loop import run_continual_learning
+from server.in_process_grid import InProcessGrid
 from strategies.records import CONFIG, content_to_update, update_to_content
 from strategies.update_validation import (
     MAX_EXAMPLES,
@@ -24,7 +25,6 @@ from strategies.update_validation import (
     max_update_bytes,
     validate_update,
 )
-from tests.conftest import InProcessGrid
 
 TASK_1 = Task(0, range(3), range(3))
 TASK_2 = Task(1, range(3, 6), range(6))
