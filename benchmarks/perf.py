@@ -44,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.communication import later_task_upload
+from benchmarks.gpu_check import run_round as every_client_then_merge
 from multifcl.backbones import load_backbone
 from multifcl.compare import key_values_text
 from multifcl.config import ExperimentConfig
@@ -53,7 +54,6 @@ from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.features import FeatureCache
 from multifcl.methods import build_method
 from multifcl.metrics.resources import peak_rss_mb
-from multifcl.seeding import derive_seed
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CIFAR10 = APP_DIR.parent / "shared" / "data" / "cifar10-jpg"
@@ -93,18 +93,9 @@ def _first_per_class(split, per_class: int):
 
 def run_round(harness: Harness, state, task, round_number: int):
     """Every client's `train_client`, then the merge; (state, seconds)."""
-    method, data, clients = harness.method, harness.data, harness.clients
-    started = time.perf_counter()
-    updates = [
-        method.train_client(
-            state,
-            data.client_train_set(task, client, clients),
-            task,
-            derive_seed(harness.config.seed, task.index, round_number, client),
-        )
-        for client in range(clients)
-    ]
-    return method.merge(state, updates), time.perf_counter() - started
+    method, data = harness.method, harness.data
+    cpu = torch.device("cpu")
+    return every_client_then_merge(method, state, data, task, round_number, harness.clients, cpu)
 
 
 def state_after_first_task(harness: Harness):

@@ -90,10 +90,15 @@ class Backbone(nn.Module):
     def hidden_before(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
         """The block input of block `block` (0-based); `num_blocks` gives the last output."""
         with self.autocast():
-            hidden = self.stem(pixels)
-            for layer in self.blocks[:block]:
-                hidden = self.run_block(layer, hidden)
+            hidden = self._hidden_before(pixels, block)
         return hidden.float()
+
+    def _hidden_before(self, pixels: torch.Tensor, block: int) -> torch.Tensor:
+        """`hidden_before` in the caller's precision context, not cast back."""
+        hidden = self.stem(pixels)
+        for layer in self.blocks[:block]:
+            hidden = self.run_block(layer, hidden)
+        return hidden
 
     def taps(
         self, pixels: torch.Tensor, taps: Sequence[int], after_block: AfterBlock | None = None
@@ -120,7 +125,7 @@ class Backbone(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The final image feature."""
         with self.autocast():
-            final = self.final(self.hidden_before(pixels, self.num_blocks))
+            final = self.final(self._hidden_before(pixels, self.num_blocks))
         return final.float()
 
     @torch.no_grad()
