@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from multifcl.losses.softmax_measures import kl_per_sample, prediction_entropy
+
 EPS = 1e-6
 
 
@@ -23,10 +25,12 @@ def teacher_weights(
             scores = torch.ones(final_logits.shape[0], len(teacher_logits))
             return scores.to(final_logits.device) / len(teacher_logits)
         if weighting == "entropy":
-            scores = torch.stack([1.0 / (_entropy(z) + EPS) for z in teacher_logits], dim=1)
+            scores = torch.stack(
+                [1.0 / (prediction_entropy(z) + EPS) for z in teacher_logits], dim=1
+            )
         elif weighting == "inverse-kl":
             scores = torch.stack(
-                [1.0 / (_kl(z, final_logits) + EPS) for z in teacher_logits], dim=1
+                [1.0 / (kl_per_sample(z, final_logits) + EPS) for z in teacher_logits], dim=1
             )
         else:
             raise ValueError(f"unknown teacher weighting {weighting!r}")
@@ -38,17 +42,5 @@ def self_distillation_loss(expert_logits: list[torch.Tensor], weighting: str) ->
     *teachers, final = expert_logits
     teachers = [z.detach() for z in teachers]
     weights = teacher_weights(teachers, final.detach(), weighting)
-    divergences = torch.stack([_kl(z, final) for z in teachers], dim=1)
+    divergences = torch.stack([kl_per_sample(z, final) for z in teachers], dim=1)
     return (weights * divergences).sum(dim=1).mean()
-
-
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    log_p = torch.log_softmax(logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1)
-
-
-def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) per sample."""
-    log_t = torch.log_softmax(teacher_logits, dim=1)
-    log_s = torch.log_softmax(student_logits, dim=1)
-    return (log_t.exp() * (log_t - log_s)).sum(dim=1)

@@ -55,6 +55,7 @@ from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
 from multifcl.heads.cosine_prototypes import cosine_logits
 from multifcl.losses.orthogonality import orthogonality_loss
+from multifcl.losses.softmax_measures import prediction_entropy
 from multifcl.methods.base import ClientUpdate, State
 from multifcl.methods.multifcl import COUNTS, MultiFCLMethod, prototype_key
 
@@ -131,10 +132,8 @@ class PiLoRAMethod(MultiFCLMethod):
         prototypes[classes] = torch.from_numpy(arrays[PROTOTYPES])
         features = self._encode(data.images)[-1].float().cpu()
         seen = task.seen_classes.stop
-        log_p = F.log_softmax(
-            cosine_logits(features, prototypes[:seen], self.config.temperature), 1
-        )
-        entropy = -(log_p.exp() * log_p).sum(1)
+        logits = cosine_logits(features, prototypes[:seen], self.config.temperature)
+        entropy = prediction_entropy(logits)
         labels = torch.as_tensor(data.labels)
         rows = [entropy[labels == c].mean() for c in classes.tolist()]
         return torch.stack(rows).unsqueeze(1).numpy().astype(np.float32)
