@@ -183,6 +183,15 @@ class ExperimentConfig:
             values[name] = _convert(key, value, FIELD_TYPES[name])
         return cls(**values)
 
+    @classmethod
+    def from_saved_run(cls, saved: Mapping[str, Any]) -> ExperimentConfig:
+        """The config of a run's saved config.json: what the server stores beside the run
+        config (class order, names, client count) is skipped, and so is `resume-from` (where
+        a run came from does not change what it is)."""
+        run_config = {k: v for k, v in saved.items() if _attribute(k) in FIELD_TYPES}
+        run_config.pop("resume-from", None)
+        return cls.from_run_config(run_config)
+
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """The flat run-config form of this object (the inverse of `from_run_config`)."""
         flat: dict[str, bool | int | float | str] = {}

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from multifcl.analysis.checkpoint_analysis import analyze_checkpoints, evaluation_subsets
-from multifcl.analysis.equizero import TRANSFORM_GROUPS
+from multifcl.analysis.equizero import TRANSFORM_GROUPS, group_transforms
 from multifcl.analysis.finished_run import AnalysisError, FinishedRun, load_state
 from multifcl.analysis.report import AnalysisReport, write_report
 from multifcl.analysis.robustness import robustness_table
@@ -77,10 +77,11 @@ def analyze_run(
         raise AnalysisError(f"--probe-size: CKA needs at least 2 samples, got {probe_size}")
     if draws < 1:
         raise AnalysisError(f"--draws: must be >= 1, got {draws}")
-    if group is not None and group not in TRANSFORM_GROUPS:
-        raise AnalysisError(
-            f"--group: unknown group {group!r} (choose from {', '.join(TRANSFORM_GROUPS)})"
-        )
+    if group is not None:
+        try:
+            group_transforms(group, "--group")
+        except ValueError as error:
+            raise AnalysisError(str(error)) from None
     finished = FinishedRun.open(run_dir)
     group = group or finished.config.eval_group
     experiment = load_experiment(finished.config)

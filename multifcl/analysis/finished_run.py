@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.methods import State
 from multifcl.results.checkpoints import CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
 
@@ -85,9 +85,7 @@ def _read_config(config_file: Path) -> ExperimentConfig:
         payload = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise AnalysisError(f"{str(config_file)!r} is unreadable: {error}") from None
-    run_config = {k: v for k, v in payload.items() if k.replace("-", "_") in FIELD_TYPES}
-    run_config.pop("resume-from", None)  # where the run came from does not matter here
     try:
-        return ExperimentConfig.from_run_config(run_config)
+        return ExperimentConfig.from_saved_run(payload)
     except ConfigError as error:
         raise AnalysisError(f"{str(config_file)!r}: {error}") from None

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import DataError
 from multifcl.reporting import figures
 from multifcl.reporting.run_results import RunFolderError, RunResults
@@ -89,8 +89,7 @@ def partition_of(run: RunResults, echo: Callable[[str], None] = print) -> dict |
     from multifcl.results.partition_file import partition_counts
 
     try:
-        values = {k: v for k, v in run.config.items() if k.replace("-", "_") in FIELD_TYPES}
-        config = ExperimentConfig.from_run_config(values)
+        config = ExperimentConfig.from_saved_run(run.config)
         splits = load_splits(config, config.image_size or FALLBACK_IMAGE_SIZE)
         return partition_counts(FederatedStream(splits, config), int(run.config["num-clients"]))
     except (ConfigError, DataError, KeyError) as error:

@@ -48,10 +48,6 @@ class RunResults:
         """The folder name without a `-seed<k>` suffix: runs that differ only by seed share it."""
         return SEED_SUFFIX.sub("", self.name)
 
-    @property
-    def finished(self) -> bool:
-        return self.metrics["tasks_finished"] == self.metrics["num_tasks"]
-
     def partition(self) -> dict | None:
         """The saved partition.json, or None for runs written before it existed."""
         file = self.path / PARTITION_FILE
