@@ -16,11 +16,7 @@ import numpy as np
 from multifcl.config import ExperimentConfig
 from multifcl.data.archives import DatasetArchive
 from multifcl.data.decoded_cache import (
-    CachedImages,
-    cache_folder,
-    cached_images,
-    files_decoder,
-    files_fingerprint,
+    cached_file_splits,
 )
 from multifcl.data.images import DataError
 from multifcl.data.splits import DatasetSplits
@@ -60,17 +56,8 @@ def load_cub200_splits(config: ExperimentConfig, image_size: int) -> DatasetSpli
     paths = [root / "images" / files[image_id] for image_id in image_ids]
     labels = np.asarray([label_of[class_of[image_id]] for image_id in image_ids], dtype=np.int64)
     train = np.asarray([is_train[image_id] == "1" for image_id in image_ids])
-    key = f"cub200-{image_size}px-{files_fingerprint(root, paths)}"
-    array = cached_images(
-        cache_folder(root), key, len(paths), image_size, files_decoder(paths, image_size)
-    )
-    train_rows, test_rows = np.flatnonzero(train), np.flatnonzero(~train)
     names = [classes[class_id].split(".", 1)[-1] for class_id in class_ids]
-    return DatasetSplits(
-        CachedImages(array, train_rows, labels[train_rows]),
-        CachedImages(array, test_rows, labels[test_rows]),
-        names,
-    )
+    return cached_file_splits("cub200", root, paths, labels, train, image_size, names)
 
 
 def _read_table(path: Path) -> dict[str, str]:

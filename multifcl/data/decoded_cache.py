@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from multifcl.data.images import DataError, InMemoryImages
+from multifcl.data.splits import DatasetSplits
 
 CACHE_FOLDER_NAME = ".multifcl-cache"
 DECODE_CHUNK = 1024  # images decoded (and held in memory) at a time
@@ -121,6 +122,27 @@ def cached_images(
     finally:
         partial.unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
+
+
+def cached_file_splits(
+    dataset: str,
+    root: Path,
+    paths: Sequence[Path],
+    labels: np.ndarray,
+    is_train: np.ndarray,
+    size: int,
+    class_names: list[str],
+) -> DatasetSplits:
+    """The image files `paths` decoded once into `root`'s cache (keyed by the data set, the
+    size and the files' fingerprint), split into train and test rows by `is_train`."""
+    key = f"{dataset}-{size}px-{files_fingerprint(root, paths)}"
+    array = cached_images(cache_folder(root), key, len(paths), size, files_decoder(paths, size))
+    train_rows, test_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
+    return DatasetSplits(
+        CachedImages(array, train_rows, labels[train_rows]),
+        CachedImages(array, test_rows, labels[test_rows]),
+        class_names,
+    )
 
 
 def files_decoder(paths: Sequence[Path], size: int) -> RowDecoder:

@@ -21,13 +21,10 @@ from multifcl.atomic_files import replace_text_atomically
 from multifcl.config import ExperimentConfig
 from multifcl.data.archives import DatasetArchive
 from multifcl.data.decoded_cache import (
-    CachedImages,
     cache_folder,
-    cached_images,
-    files_decoder,
-    files_fingerprint,
+    cached_file_splits,
 )
-from multifcl.data.images import IMAGE_SUFFIXES, DataError
+from multifcl.data.images import DataError, list_class_files
 from multifcl.data.splits import DatasetSplits
 
 IMAGENET_R = DatasetArchive(
@@ -58,18 +55,11 @@ def load_imagenet_r_splits(config: ExperimentConfig, image_size: int) -> Dataset
     root = IMAGENET_R.locate(config.data_root)
     classes = imagenet_r_classes()
     IMAGENET_R.require(root, classes)
-    paths, labels = _list_images(root, list(classes))
+    folders = [root / wnid for wnid in classes]
+    paths, labels = list_class_files(folders, "dataset 'imagenet-r': folder")
     is_train = _load_or_draw_split(root, paths, labels)
-    key = f"imagenet-r-{image_size}px-{files_fingerprint(root, paths)}"
-    array = cached_images(
-        cache_folder(root), key, len(paths), image_size, files_decoder(paths, image_size)
-    )
-    train_rows, test_rows = np.flatnonzero(is_train), np.flatnonzero(~is_train)
-    return DatasetSplits(
-        CachedImages(array, train_rows, labels[train_rows]),
-        CachedImages(array, test_rows, labels[test_rows]),
-        list(classes.values()),
-    )
+    names = list(classes.values())
+    return cached_file_splits("imagenet-r", root, paths, labels, is_train, image_size, names)
 
 
 def draw_split(names: list[str], labels: np.ndarray) -> np.ndarray:
@@ -82,18 +72,6 @@ def draw_split(names: list[str], labels: np.ndarray) -> np.ndarray:
         num_test = max(1, round(len(members) * TEST_FRACTION)) if len(members) > 1 else 0
         is_train[members[:num_test]] = False
     return is_train
-
-
-def _list_images(root: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray]:
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, wnid in enumerate(wnids):
-        files = sorted(p for p in (root / wnid).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"dataset 'imagenet-r': folder {str(root / wnid)!r} has no images")
-        paths.extend(files)
-        labels.extend([label] * len(files))
-    return paths, np.asarray(labels, dtype=np.int64)
 
 
 def _load_or_draw_split(root: Path, paths: list[Path], labels: np.ndarray) -> np.ndarray:

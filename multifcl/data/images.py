@@ -29,6 +29,20 @@ class LabelledImages(Protocol):
         ...
 
 
+def list_class_files(folders: list[Path], what: str) -> tuple[list[Path], np.ndarray]:
+    """The image files of each class folder in name order, and their labels (the folder's
+    position); a folder without images is a DataError naming `what` and the folder."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(folders):
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{what} {str(folder)!r} has no images")
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
 @dataclass
 class InMemoryImages:
     """Decoded images (uint8, N x 3 x H x W) and their labels."""

@@ -17,7 +17,13 @@ from multifcl.config import ExperimentConfig
 from multifcl.data.cifar100 import load_cifar100_splits
 from multifcl.data.cub200 import CUB200, load_cub200_splits
 from multifcl.data.imagenet_r import IMAGENET_R, load_imagenet_r_splits
-from multifcl.data.images import IMAGE_SUFFIXES, DataError, ImageFiles, InMemoryImages
+from multifcl.data.images import (
+    IMAGE_SUFFIXES,
+    DataError,
+    ImageFiles,
+    InMemoryImages,
+    list_class_files,
+)
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.tiny_imagenet import TINY_IMAGENET, load_tiny_imagenet_splits
 
@@ -97,17 +103,8 @@ def _class_folders(split_root: Path) -> list[str]:
 
 
 def _list_image_files(split_root: Path, class_names: list[str], image_size: int) -> ImageFiles:
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(class_names):
-        files = sorted(
-            path for path in (split_root / name).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
-            raise DataError(f"data-root: class folder {str(split_root / name)!r} has no images")
-        paths.extend(files)
-        labels.extend([label] * len(files))
-    return ImageFiles(paths, np.asarray(labels, dtype=np.int64), image_size)
+    folders = [split_root / name for name in class_names]
+    return ImageFiles(*list_class_files(folders, "data-root: class folder"), image_size)
 
 
 ARCHIVES_REQUIRED = {"imagenet-r": IMAGENET_R, "cub200": CUB200}

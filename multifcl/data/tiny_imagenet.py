@@ -21,14 +21,10 @@ import numpy as np
 from multifcl.config import ExperimentConfig
 from multifcl.data.archives import DatasetArchive
 from multifcl.data.decoded_cache import (
-    CachedImages,
-    cache_folder,
-    cached_images,
-    files_decoder,
-    files_fingerprint,
+    cached_file_splits,
 )
 from multifcl.data.hub_datasets import hub_split_images, is_saved_copy, load_hub_dataset
-from multifcl.data.images import IMAGE_SUFFIXES, DataError
+from multifcl.data.images import DataError, list_class_files
 from multifcl.data.splits import DatasetSplits
 
 TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"
@@ -76,26 +72,15 @@ def _load_from_folder(root: Path) -> DatasetSplits:
     if unnamed:
         raise DataError(f"{str(root / 'words.txt')!r} has no entry for {unnamed[0]!r}")
     TINY_IMAGENET.require(root, [f"train/{wnid}/images" for wnid in wnids])
-    train_paths: list[Path] = []
-    train_labels: list[int] = []
-    for label, wnid in enumerate(wnids):
-        folder = root / "train" / wnid / "images"
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"dataset 'tiny-imagenet': folder {str(folder)!r} has no images")
-        train_paths += files
-        train_labels += [label] * len(files)
+    folders = [root / "train" / wnid / "images" for wnid in wnids]
+    train_paths, train_labels = list_class_files(folders, "dataset 'tiny-imagenet': folder")
     test_paths, test_labels = _read_val_annotations(root, {w: i for i, w in enumerate(wnids)})
-    paths = train_paths + test_paths
+    labels = np.concatenate([train_labels, np.asarray(test_labels, dtype=np.int64)])
+    is_train = np.arange(len(labels)) < len(train_paths)
+    names = [first_lemma(words[wnid]) for wnid in wnids]
     size = TINY_IMAGENET_IMAGE_SIZE
-    key = f"tiny-imagenet-{size}px-{files_fingerprint(root, paths)}"
-    array = cached_images(cache_folder(root), key, len(paths), size, files_decoder(paths, size))
-    rows = np.arange(len(paths))
-    return DatasetSplits(
-        CachedImages(array, rows[: len(train_paths)], np.asarray(train_labels, dtype=np.int64)),
-        CachedImages(array, rows[len(train_paths) :], np.asarray(test_labels, dtype=np.int64)),
-        [first_lemma(words[wnid]) for wnid in wnids],
-    )
+    paths = train_paths + test_paths
+    return cached_file_splits("tiny-imagenet", root, paths, labels, is_train, size, names)
 
 
 def _read_words(path: Path) -> dict[str, str]:
