@@ -12,8 +12,9 @@ from PIL import Image
 
 from multifcl.config import ExperimentConfig
 from multifcl.data import DataError, decoded_cache, hub_datasets, load_splits
-from multifcl.data.decoded_cache import CACHE_FOLDER_NAME, fit_square
+from multifcl.data.decoded_cache import CACHE_FOLDER_NAME
 from multifcl.data.imagenet_r import CLASS_NAMES_FILE, SPLIT_FILE, imagenet_r_classes
+from multifcl.data.images import fit_square
 from multifcl.data.tiny_imagenet import tiny_imagenet_words
 from tests.test_config import one_line_error
 
@@ -34,7 +35,7 @@ def forbid_decoding(monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("decoded again although the cache holds the images")
 
-    monkeypatch.setattr(decoded_cache, "decode_file", fail)
+    monkeypatch.setattr(decoded_cache, "decode_image", fail)
     monkeypatch.setattr(hub_datasets, "fit_square", fail)
 
 

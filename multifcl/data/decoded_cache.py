@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from multifcl.data.images import DataError, InMemoryImages
+from multifcl.data.images import DataError, InMemoryImages, decode_image
 from multifcl.data.splits import DatasetSplits
 
 CACHE_FOLDER_NAME = ".multifcl-cache"
@@ -150,33 +149,9 @@ def files_decoder(paths: Sequence[Path], size: int) -> RowDecoder:
 
     def decode_rows(start: int, stop: int) -> list[np.ndarray]:
         with ThreadPoolExecutor(min(DECODE_THREADS, os.cpu_count() or 1)) as pool:
-            return list(pool.map(lambda path: decode_file(path, size), paths[start:stop]))
+            return list(pool.map(lambda path: decode_image(path, size), paths[start:stop]))
 
     return decode_rows
-
-
-def decode_file(path: Path, size: int) -> np.ndarray:
-    """One image file fitted to size x size (RGB uint8, H x W x 3); a bad file is named."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
-            return fit_square(image, size)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"image file {str(path)!r} cannot be read: {error}") from None
-
-
-def fit_square(image: Image.Image, size: int) -> np.ndarray:
-    """RGB, the shorter side scaled to `size` (bicubic), centre-cropped to size x size."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    width, height = image.size
-    if (width, height) != (size, size):
-        scale = size / min(width, height)
-        scaled = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = image.resize(scaled, Image.BICUBIC)
-        left, top = (scaled[0] - size) // 2, (scaled[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image)
 
 
 def _decode_into(array: np.ndarray, decode_rows: RowDecoder) -> None:

@@ -16,9 +16,8 @@ from multifcl.data.decoded_cache import (
     cache_folder,
     cached_images,
     fingerprint,
-    fit_square,
 )
-from multifcl.data.images import DataError
+from multifcl.data.images import DataError, fit_square
 
 
 def is_saved_copy(folder: Path | None) -> bool:

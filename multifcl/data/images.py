@@ -91,13 +91,31 @@ class ImageFiles:
         return InMemoryImages(stack_images(arrays, self.fallback_size), self.labels[indices])
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """Decode one file to an RGB uint8 array (H x W x 3), naming the file when it fails."""
+def decode_image(path: Path, size: int | None = None) -> np.ndarray:
+    """One file as an RGB uint8 array (H x W x 3); with `size`, fitted to size x size (JPEGs
+    decoded at a reduced scale first). A file that cannot be read is named."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+            if size is None:
+                return np.asarray(image.convert("RGB"))
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
+            return fit_square(image, size)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"image file {str(path)!r} cannot be read: {error}") from None
+
+
+def fit_square(image: Image.Image, size: int) -> np.ndarray:
+    """RGB, the shorter side scaled to `size` (bicubic), centre-cropped to size x size."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    if (width, height) != (size, size):
+        scale = size / min(width, height)
+        scaled = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(scaled, Image.BICUBIC)
+        left, top = (scaled[0] - size) // 2, (scaled[1] - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image)
 
 
 def stack_images(arrays: list[np.ndarray], fallback_size: int) -> torch.Tensor:
