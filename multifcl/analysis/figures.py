@@ -8,89 +8,68 @@ from pathlib import Path
 import numpy as np
 
 from multifcl.analysis.redundancy import RedundancyPoint
+from multifcl.reporting.figures import annotate_cells, new_figure, save_figure
 
-DPI = 130
 MAX_ANNOTATED_CELLS = 200
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def cka_drift_heatmap(drift: np.ndarray, block_labels: list[str], title: str, path: Path) -> Path:
     """Blocks (rows) x checkpoints (columns): CKA to the representation after task 1."""
-    plt = _pyplot()
     blocks, tasks = drift.shape
-    figure, axis = plt.subplots(
-        figsize=(max(4.8, 2.6 + 0.75 * tasks), 1.8 + 0.36 * blocks), layout="constrained"
-    )
-    image = axis.imshow(np.ma.masked_invalid(drift), cmap="viridis", vmin=0.0, vmax=1.0)
-    if drift.size <= MAX_ANNOTATED_CELLS:
-        for (block, task), value in np.ndenumerate(drift):
-            if np.isfinite(value):
-                color = "black" if value > 0.6 else "white"
-                axis.text(
-                    task, block, f"{value:.3f}", ha="center", va="center", color=color, fontsize=9
-                )
-    axis.set_xticks(range(tasks), [str(t + 1) for t in range(tasks)])
-    axis.set_yticks(range(blocks), block_labels)
-    axis.set(xlabel="after training task", title=title.replace(": ", "\n", 1))
-    figure.colorbar(image, ax=axis, fraction=0.05, pad=0.03, label="linear CKA to task 1")
-    return _save(figure, path)
+    size = (max(4.8, 2.6 + 0.75 * tasks), 1.8 + 0.36 * blocks)
+    with new_figure(figsize=size) as (figure, axis):
+        image = axis.imshow(np.ma.masked_invalid(drift), cmap="viridis", vmin=0.0, vmax=1.0)
+        if drift.size <= MAX_ANNOTATED_CELLS:
+            annotate_cells(axis, drift, "{:.3f}", dark_text_above=0.6, fontsize=9)
+        axis.set_xticks(range(tasks), [str(t + 1) for t in range(tasks)])
+        axis.set_yticks(range(blocks), block_labels)
+        axis.set(xlabel="after training task", title=title.replace(": ", "\n", 1))
+        figure.colorbar(image, ax=axis, fraction=0.05, pad=0.03, label="linear CKA to task 1")
+        save_figure(figure, path)
+    return path
 
 
 def redundancy_curves(curves: list[list[RedundancyPoint]], title: str, path: Path) -> Path:
     """Accuracy and CKA to the full representation against the fraction of dimensions kept,
     one line per task checkpoint (error bars: std over the draws)."""
-    plt = _pyplot()
-    figure, (accuracy_axis, cka_axis) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, max(len(curves), 1)))
-    for task, (curve, color) in enumerate(zip(curves, colors), start=1):
-        fractions = [100 * p.fraction for p in curve]
-        accuracy_axis.errorbar(
-            fractions,
-            [p.accuracy for p in curve],
-            yerr=[p.accuracy_std for p in curve],
-            marker="o",
-            capsize=3,
-            color=color,
-            label=f"after task {task}",
-        )
-        cka_axis.errorbar(
-            fractions,
-            [p.cka for p in curve],
-            yerr=[p.cka_std for p in curve],
-            marker="o",
-            capsize=3,
-            color=color,
-        )
-    accuracy_axis.set(
-        xlabel="feature dimensions kept (%)",
-        ylabel="prototype-classifier accuracy (%)",
-        ylim=(0, 100),
-        title="accuracy on random dimension subsets",
-    )
-    cka_axis.set(
-        xlabel="feature dimensions kept (%)",
-        ylabel="linear CKA to all dimensions",
-        ylim=(0, 1.02),
-        title="CKA of the subset to the full feature",
-    )
-    for axis in (accuracy_axis, cka_axis):
-        axis.grid(alpha=0.3)
-    accuracy_axis.legend(fontsize=8)
-    figure.suptitle(title)
-    return _save(figure, path)
+    with new_figure(figsize=(10, 4), columns=2) as (figure, (accuracy_axis, cka_axis)):
+        from matplotlib import colormaps  # loaded (Agg backend) by new_figure
 
-
-def _save(figure, path: Path) -> Path:
-    plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
+        colors = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(curves), 1)))
+        for task, (curve, color) in enumerate(zip(curves, colors), start=1):
+            fractions = [100 * p.fraction for p in curve]
+            accuracy_axis.errorbar(
+                fractions,
+                [p.accuracy for p in curve],
+                yerr=[p.accuracy_std for p in curve],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"after task {task}",
+            )
+            cka_axis.errorbar(
+                fractions,
+                [p.cka for p in curve],
+                yerr=[p.cka_std for p in curve],
+                marker="o",
+                capsize=3,
+                color=color,
+            )
+        accuracy_axis.set(
+            xlabel="feature dimensions kept (%)",
+            ylabel="prototype-classifier accuracy (%)",
+            ylim=(0, 100),
+            title="accuracy on random dimension subsets",
+        )
+        cka_axis.set(
+            xlabel="feature dimensions kept (%)",
+            ylabel="linear CKA to all dimensions",
+            ylim=(0, 1.02),
+            title="CKA of the subset to the full feature",
+        )
+        for axis in (accuracy_axis, cka_axis):
+            axis.grid(alpha=0.3)
+        accuracy_axis.legend(fontsize=8)
+        figure.suptitle(title)
+        save_figure(figure, path)
     return path

@@ -40,7 +40,7 @@ def stage_curves(groups: Mapping[str, Sequence[Sequence[float]]], path: Path) ->
     elif same_count is None:
         title += " (mean over seeds, band ± 1 std)"
     wide = len(groups) > LEGEND_OUTSIDE_FROM
-    with _figure(figsize=(10.0 if wide else 7.5, 4.8)) as (figure, axis):
+    with new_figure(figsize=(10.0 if wide else 7.5, 4.8)) as (figure, axis):
         longest = 1
         for index, (label, curves) in enumerate(groups.items()):
             length = min(len(curve) for curve in curves)
@@ -66,7 +66,7 @@ def stage_curves(groups: Mapping[str, Sequence[Sequence[float]]], path: Path) ->
         axis.set_xticks(_ticks(longest))
         axis.grid(alpha=0.3)
         _legend(axis, len(groups))
-        _save(figure, path)
+        save_figure(figure, path)
     return path
 
 
@@ -78,7 +78,7 @@ def last_bars(groups: Mapping[str, Sequence[float]], path: Path) -> Path:
         float(np.std(groups[label], ddof=1)) if len(groups[label]) > 1 else 0.0 for label in labels
     ]
     tilt = len(labels) > 3 or max(len(label) for label in labels) > 12
-    with _figure(figsize=(max(5.0, 1.1 * len(labels) + 2.0), 4.8)) as (figure, axis):
+    with new_figure(figsize=(max(5.0, 1.1 * len(labels) + 2.0), 4.8)) as (figure, axis):
         positions = np.arange(len(labels))
         axis.bar(positions, means, yerr=stds, capsize=6, color="tab:blue", alpha=0.85)
         for position, mean, std, label in zip(positions, means, stds, labels):
@@ -94,7 +94,7 @@ def last_bars(groups: Mapping[str, Sequence[float]], path: Path) -> Path:
             title="Last accuracy (error bar: ± 1 std over seeds)",
         )
         axis.grid(axis="y", alpha=0.3)
-        _save(figure, path)
+        save_figure(figure, path)
     return path
 
 
@@ -103,21 +103,16 @@ def accuracy_matrix(matrix: Sequence[Sequence[float | None]], title: str, path: 
     size = len(matrix)
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     side = max(4.8, 0.6 * size + 2.2)
-    with _figure(figsize=(side + 1.0, side)) as (figure, axis):
+    with new_figure(figsize=(side + 1.0, side)) as (figure, axis):
         image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100)
         if size * size <= MAX_ANNOTATED_CELLS:
-            for (t, j), value in np.ndenumerate(values):
-                if not np.isnan(value):
-                    color = "black" if value > 60 else "white"
-                    axis.text(
-                        j, t, f"{value:.0f}", ha="center", va="center", color=color, fontsize=10
-                    )
+            annotate_cells(axis, values, "{:.0f}", dark_text_above=60, fontsize=10)
         ticks = _ticks(size)
         axis.set_xticks([t - 1 for t in ticks], [str(t) for t in ticks])
         axis.set_yticks([t - 1 for t in ticks], [str(t) for t in ticks])
         axis.set(xlabel="evaluated on task j", ylabel="after training task t", title=title)
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="CIL accuracy (%)")
-        _save(figure, path)
+        save_figure(figure, path)
     return path
 
 
@@ -137,7 +132,7 @@ def partition(counts: Mapping, title: str, path: Path) -> Path:
     rows = math.ceil(len(tasks) / columns)
     vmax = max(max(max(row) for row in task["counts"]) for task in tasks) or 1
     size = (columns * width + 1.2, rows * height + 0.8)
-    with _figure(figsize=size, columns=columns, rows=rows) as (figure, axes):
+    with new_figure(figsize=size, columns=columns, rows=rows) as (figure, axes):
         flat = np.atleast_1d(axes).ravel()
         for axis, task in zip(flat, tasks):
             grid = np.array(task["counts"], dtype=float)
@@ -166,7 +161,7 @@ def partition(counts: Mapping, title: str, path: Path) -> Path:
             image, ax=list(flat[: len(tasks)]), fraction=0.02, pad=0.02, label="training samples"
         )
         figure.suptitle(title)
-        _save(figure, path)
+        save_figure(figure, path)
     return path
 
 
@@ -203,7 +198,7 @@ def bytes_per_round(
     positive = [v for v in every if v > 0]
     logarithmic = bool(positive) and max(positive) / min(positive) > 50
     longest_tasks: list[int] = []
-    with _figure(figsize=(12, 4.6), columns=2) as (figure, axes):
+    with new_figure(figsize=(12, 4.6), columns=2) as (figure, axes):
         for label, runs in groups.items():
             length = min(len(run) for run in runs)
             rounds = np.arange(1, length + 1)
@@ -230,12 +225,24 @@ def bytes_per_round(
                 _plain_log_axis(axis)
             axis.grid(alpha=0.3)
         _legend(axes[1], len(groups))
-        _save(figure, path)
+        save_figure(figure, path)
     return path
 
 
+def annotate_cells(
+    axis, values: np.ndarray, fmt: str, dark_text_above: float, fontsize: int
+) -> None:
+    """Write each finite value of a heatmap into its cell, dark on light (viridis) cells."""
+    for (row, column), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            color = "black" if value > dark_text_above else "white"
+            text = fmt.format(value)
+            axis.text(column, row, text, ha="center", va="center", color=color, fontsize=fontsize)
+
+
 @contextmanager
-def _figure(figsize: tuple[float, float], columns: int = 1, rows: int = 1):
+def new_figure(figsize: tuple[float, float], columns: int = 1, rows: int = 1):
+    """(figure, axes) in the report's style, closed when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +256,8 @@ def _figure(figsize: tuple[float, float], columns: int = 1, rows: int = 1):
             plt.close(figure)
 
 
-def _save(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
+    """The figure as a PNG at `path` (folders made as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
 
