@@ -47,8 +47,9 @@ def write_report(report: AnalysisReport) -> Path:
         f"# Analysis: {name}\n",
         (
             f"Run `{run.path.name}`: {run.num_tasks} task checkpoints. Every measurement uses a "
-            f"fixed random subset (seed {report.seed}) of up to {found.probe_size} test samples "
-            "per seen task; task 1's subset is the probe set "
+            f"fixed random subset (seed {report.seed}) of up to {found.samples_per_task} test "
+            "samples per seen task (all of a task's when it holds fewer); task 1's subset is the "
+            "probe set "
             f"({found.probe_size} held-out samples). Numbers: `{FOLDER}/*.csv`.\n"
         ),
         *_equizero_line(run.path),
