@@ -94,7 +94,9 @@ def test_nc1_matches_the_definition_and_ignores_a_constant_offset(num_classes, p
     assert value == pytest.approx(nc1_from_the_definition(features, labels), rel=1e-9)
     offset = 1e3 * RNG.standard_normal(width)  # one constant vector added to every feature
     assert nc1(features + offset, labels) == pytest.approx(value, rel=1e-6)
-    assert nc1(torch.from_numpy(features + offset).float(), labels) == pytest.approx(value, rel=1e-3)
+    assert nc1(torch.from_numpy(features + offset).float(), labels) == pytest.approx(
+        value, rel=1e-3
+    )
 
 
 def test_nc1_inverts_only_the_between_class_span():
