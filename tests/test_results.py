@@ -2,15 +2,19 @@
 
 import csv
 import json
+import os
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import RoundRecord
+from multifcl.reporting.figures import run_title
 from multifcl.results import RunDirectory, print_summary
+from multifcl.results.checkpoints import save_task_state
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,6 +30,29 @@ def test_metrics_json_marks_undefined_cells_and_keeps_formulas(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["num-clients"] == 2
     assert (tmp_path / "run" / "accuracy.png").stat().st_size > 0
     assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_result_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        run = RunDirectory(tmp_path / "run")
+        run.start(ExperimentConfig(num_tasks=2), {})
+        run.write_metrics([[80.0]], [[90.0]], [80.0], 2)
+        checkpoint = save_task_state(run.path, 0, {"w": np.zeros(3, dtype=np.float32)})
+    finally:
+        os.umask(previous)
+    files = [run.path / n for n in ("config.json", "metrics.json", "accuracy.png", "rounds.csv")]
+    for file in [*files, checkpoint]:
+        assert file.stat().st_mode & 0o777 == 0o666 & ~umask, file.name
+
+
+def test_accuracy_plot_title_names_method_data_set_and_backbone(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.start(ExperimentConfig(method="finetune", dataset="synthetic"), {})
+    assert run.title == "finetune on synthetic, vit-tiny"
+    folder = ExperimentConfig(dataset="imagefolder", data_root=tmp_path).to_run_config()
+    assert run_title(folder) == f"prototypes on imagefolder {tmp_path.name}, vit-tiny"
 
 
 def test_summary_prints_the_matrix_and_metrics(tmp_path):

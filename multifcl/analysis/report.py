@@ -14,6 +14,7 @@ from multifcl.analysis.checkpoint_analysis import CheckpointAnalysis
 from multifcl.analysis.figures import cka_drift_heatmap, redundancy_curves
 from multifcl.analysis.finished_run import FinishedRun
 from multifcl.analysis.robustness import RobustnessRow
+from multifcl.reporting.figures import run_title
 
 FOLDER = "analysis"
 REPORT = "analysis.md"
@@ -37,7 +38,7 @@ def write_report(report: AnalysisReport) -> Path:
     folder = run.path / FOLDER
     folder.mkdir(exist_ok=True)
     config = run.config
-    name = f"{config.method} on {config.dataset} ({config.backbone})"
+    name = run_title(config.to_run_config())
     cka_drift_heatmap(
         found.cka_drift, found.block_labels, f"CKA drift: {name}", folder / "cka_drift.png"
     )

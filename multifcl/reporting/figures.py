@@ -30,6 +30,16 @@ LINE_STYLES = ("-", "--", ":", "-.")
 MAX_FIGURE_WIDTH = 24.0  # inches; wider task panels wrap to more rows
 
 
+def run_title(config: Mapping) -> str:
+    """`<method> on <data set>, <backbone>` from a run's saved config (flwr keys); an image
+    folder is named by its folder, e.g. `finetune on imagefolder cifar10-jpg, vit-tiny`."""
+    dataset = str(config.get("dataset", "?"))
+    root = str(config.get("data-root") or "").rstrip("/\\")
+    if dataset == "imagefolder" and root:
+        dataset += f" {Path(root).name}"
+    return f"{config.get('method', '?')} on {dataset}, {config.get('backbone', '?')}"
+
+
 def stage_curves(groups: Mapping[str, Sequence[Sequence[float]]], path: Path) -> Path:
     """A_t after each task, one line per label: the mean over its runs, ± one std as a band."""
     counts = {len(curves) for curves in groups.values()}

@@ -18,6 +18,7 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import FederatedStream
 from multifcl.features import remove_spilled_features
 from multifcl.metrics import RoundRecord, summarize
+from multifcl.reporting.figures import run_title
 from multifcl.results.partition_file import PARTITION_FILE, partition_counts
 from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
 
@@ -43,6 +44,7 @@ class RunDirectory:
 
     def __init__(self, path: Path, logger: str = "none", resume: bool = False) -> None:
         self.path = path.resolve()
+        self.title = ""  # names method, data set and backbone once started
         if logger == "tensorboard":
             require_tensorboard()  # before any long work, not at the first round
         self._tensorboard: TensorBoardLog | None = None
@@ -57,6 +59,7 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_spilled_features(self.path)
         payload = {**config.to_run_config(), **extra}
+        self.title = run_title(payload)
         replace_text_atomically(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
         with open(self.path / "rounds.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(RoundRecord.columns())
@@ -66,6 +69,7 @@ class RunDirectory:
         """Continue an interrupted run in this folder: rounds.csv keeps its header and first
         `rounds_kept` rows (rows written after the resumed checkpoint are dropped), under
         today's header (columns an older version did not write stay empty)."""
+        self.title = run_title(config.to_run_config())
         remove_spilled_features(self.path)
         with open(self.path / "rounds.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))[:rounds_kept]
@@ -142,7 +146,11 @@ class RunDirectory:
             )
         axis.plot(steps, stages, color="black", linewidth=2.5, marker="s", label="A_t (mean)")
         axis.set(
-            xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps
+            xlabel="after training task",
+            ylabel="CIL accuracy (%)",
+            ylim=(0, 100),
+            xticks=steps,
+            title=f"CIL accuracy per task: {self.title}",
         )
         axis.legend(fontsize=7, ncol=2)
         axis.grid(alpha=0.3)
