@@ -194,22 +194,26 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
     markdown = plan.out / "comparison.md"
     markdown.write_text(header + markdown_table(rows))
     written = [markdown, write_csv(rows, plan.out / "comparison.csv")]
+    methods = {label: runs[0].config["method"] for label, runs in groups.items()}  # colours
     written.append(
         figures.stage_curves(
             {label: [r.metrics["stage_accuracy"] for r in runs] for label, runs in groups.items()},
             plan.out / "accuracy_curves.png",
+            methods,
         )
     )
     written.append(
         figures.last_bars(
             {label: [r.metrics["last"] for r in runs] for label, runs in groups.items()},
             plan.out / "last_accuracy.png",
+            methods,
         )
     )
     written.append(
         figures.bytes_per_round(
             {label: [r.bytes_per_round() for r in runs] for label, runs in groups.items()},
             plan.out / "bytes_per_round.png",
+            methods,
         )
     )
     return written
