@@ -195,11 +195,13 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
     markdown.write_text(header + markdown_table(rows))
     written = [markdown, write_csv(rows, plan.out / "comparison.csv")]
     methods = {label: runs[0].config["method"] for label, runs in groups.items()}  # colours
+    setting = figures.data_and_backbone([r.config for runs in groups.values() for r in runs])
     written.append(
         figures.stage_curves(
             {label: [r.metrics["stage_accuracy"] for r in runs] for label, runs in groups.items()},
             plan.out / "accuracy_curves.png",
             methods,
+            setting,
         )
     )
     written.append(
@@ -207,6 +209,7 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
             {label: [r.metrics["last"] for r in runs] for label, runs in groups.items()},
             plan.out / "last_accuracy.png",
             methods,
+            setting,
         )
     )
     written.append(
@@ -214,6 +217,7 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
             {label: [r.bytes_per_round() for r in runs] for label, runs in groups.items()},
             plan.out / "bytes_per_round.png",
             methods,
+            setting,
         )
     )
     return written

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import RoundRecord
-from multifcl.reporting.figures import run_title
+from multifcl.reporting.figures import data_and_backbone, run_title
 from multifcl.results import RunDirectory, print_summary
 from multifcl.results.checkpoints import save_task_state
 
@@ -53,6 +53,10 @@ def test_accuracy_plot_title_names_method_data_set_and_backbone(tmp_path):
     assert run.title == "finetune on synthetic, vit-tiny"
     folder = ExperimentConfig(dataset="imagefolder", data_root=tmp_path).to_run_config()
     assert run_title(folder) == f"prototypes on imagefolder {tmp_path.name}, vit-tiny"
+    digits = {"dataset": "digits", "backbone": "vit-tiny"}
+    assert data_and_backbone([folder, digits, digits]) == (
+        f"imagefolder {tmp_path.name} / digits, vit-tiny"
+    )
 
 
 def test_summary_prints_the_matrix_and_metrics(tmp_path):

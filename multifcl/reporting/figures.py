@@ -39,11 +39,20 @@ MAX_FIGURE_WIDTH = 24.0  # inches; wider task panels wrap to more rows
 def run_title(config: Mapping) -> str:
     """`<method> on <data set>, <backbone>` from a run's saved config (flwr keys); an image
     folder is named by its folder, e.g. `finetune on imagefolder cifar10-jpg, vit-tiny`."""
+    return f"{config.get('method', '?')} on {data_and_backbone([config])}"
+
+
+def data_and_backbone(configs: Sequence[Mapping]) -> str:
+    """`<data set>, <backbone>` of runs' saved configs; differing values joined by ` / `."""
+    datasets = dict.fromkeys(_dataset_name(config) for config in configs)
+    backbones = dict.fromkeys(str(config.get("backbone", "?")) for config in configs)
+    return f"{' / '.join(datasets)}, {' / '.join(backbones)}"
+
+
+def _dataset_name(config: Mapping) -> str:
     dataset = str(config.get("dataset", "?"))
     root = str(config.get("data-root") or "").rstrip("/\\")
-    if dataset == "imagefolder" and root:
-        dataset += f" {Path(root).name}"
-    return f"{config.get('method', '?')} on {dataset}, {config.get('backbone', '?')}"
+    return f"{dataset} {Path(root).name}" if dataset == "imagefolder" and root else dataset
 
 
 def method_colour(method: str) -> str:
@@ -74,9 +83,11 @@ def stage_curves(
     groups: Mapping[str, Sequence[Sequence[float]]],
     path: Path,
     methods: Mapping[str, str] | None = None,
+    setting: str = "",
 ) -> Path:
     """A_t after each task, one line per label: the mean over its runs, ± one std as a band.
-    `methods` maps a label to its method (the colour); default: the label is the method."""
+    `methods` maps a label to its method (the colour); default: the label is the method.
+    `setting` (data set and backbone) is the title's second line."""
     counts = {len(curves) for curves in groups.values()}
     same_count = counts.pop() if len(counts) == 1 else None
     title = "Accuracy after each task"
@@ -84,6 +95,7 @@ def stage_curves(
         title += f" (mean of {same_count} seeds, band ± 1 std)"
     elif same_count is None:
         title += " (mean over seeds, band ± 1 std)"
+    title += f"\n{setting}" if setting else ""
     wide = len(groups) > LEGEND_OUTSIDE_FROM
     styles = series_styles(list(groups), methods)
     with new_figure(figsize=(10.0 if wide else 7.5, 4.8)) as (figure, axis):
@@ -119,10 +131,13 @@ def stage_curves(
 
 
 def last_bars(
-    groups: Mapping[str, Sequence[float]], path: Path, methods: Mapping[str, str] | None = None
+    groups: Mapping[str, Sequence[float]],
+    path: Path,
+    methods: Mapping[str, str] | None = None,
+    setting: str = "",
 ) -> Path:
     """Last accuracy per label: the mean over its runs, with ± one std as an error bar; each
-    bar in its method's colour (`methods` as in stage_curves)."""
+    bar in its method's colour (`methods`, `setting` as in stage_curves)."""
     labels = list(groups)
     styles = series_styles(labels, methods)
     means = [float(np.mean(groups[label])) for label in labels]
@@ -144,7 +159,8 @@ def last_bars(
         axis.set(
             ylabel="Last: A_T, CIL accuracy (%)",
             ylim=(0, 110),
-            title="Last accuracy (error bar: ± 1 std over seeds)",
+            title="Last accuracy (error bar: ± 1 std over seeds)"
+            + (f"\n{setting}" if setting else ""),
         )
         axis.grid(axis="y", alpha=0.3)
         save_figure(figure, path)
@@ -240,9 +256,10 @@ def bytes_per_round(
     groups: Mapping[str, Sequence[Sequence[tuple[int, float, float]]]],
     path: Path,
     methods: Mapping[str, str] | None = None,
+    setting: str = "",
 ) -> Path:
-    """Bytes up and down per round (summed over clients), one line per label (coloured by
-    method, `methods` as in stage_curves).
+    """Bytes up and down per round (summed over clients), one line per label (`methods` and
+    `setting` as in stage_curves).
 
     Each run is a list of (task, bytes up, bytes down) per round; runs of a label are averaged.
     A logarithmic axis is used when the values span more than a factor of 50.
@@ -284,6 +301,8 @@ def bytes_per_round(
                 _plain_log_axis(axis)
             axis.grid(alpha=0.3)
         _legend(axes[1], len(groups))
+        if setting:
+            figure.suptitle(setting)
         save_figure(figure, path)
     return path
 

@@ -52,11 +52,13 @@ def render_report(
     """Write every figure for `runs` into `out`; return the files written."""
     groups = group_runs(runs, echo)
     methods = {group.label: group.method for group in groups}
+    setting = figures.data_and_backbone([run.config for run in runs])
     written = [
         figures.stage_curves(
             {group.label: [r.metrics["stage_accuracy"] for r in group.runs] for group in groups},
             out / "accuracy_curves.png",
             methods,
+            setting,
         )
     ]
     for run in runs:
@@ -86,6 +88,7 @@ def render_report(
             {group.label: [r.bytes_per_round() for r in group.runs] for group in groups},
             out / "bytes_per_round.png",
             methods,
+            setting,
         )
     )
     return written
