@@ -108,6 +108,8 @@ def test_nc1_inverts_only_the_between_class_span():
     assert nc1(features + 50.0, labels) == pytest.approx(nc1(features, labels), rel=1e-6)
     assert nc1(features, labels) < 1e-20  # no within-class spread along that line
     assert np.isnan(nc1(np.ones((30, 8)), labels))  # no between-class span at all
+    features[0, 0] = np.inf  # a diverged model: no number rather than a LinAlgError
+    assert np.isnan(nc1(features, labels))
 
 
 def test_etf_deviation_is_zero_for_a_simplex_etf_and_not_for_random_means():

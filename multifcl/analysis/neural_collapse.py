@@ -39,10 +39,10 @@ def nc1(features: Features, labels: np.ndarray, rtol: float = NC1_RTOL) -> float
             f"features must be n x d with one label per row, got {features.shape} and "
             f"{len(labels)} labels"
         )
+    if len(np.unique(labels)) < 2 or not np.isfinite(features).all():
+        return float("nan")
     features = features - features.mean(axis=0)  # shift-free before any class mean
     classes, means = class_means(features, labels)
-    if len(classes) < 2:
-        return float("nan")
     within = features - means[np.searchsorted(classes, labels)]  # D: n x d
     between = means - means.mean(axis=0)  # B: C x d, Sigma_B = B^T B / C
     # Sigma_W = D^T D / n and (B^T B)^+ = B^+ B^+^T, so the trace is ||D B^+||^2 C / n, with
