@@ -96,6 +96,14 @@ def test_runs_are_labelled_by_method_and_seed_and_never_averaged_across_configs(
         "finetune (seed 1)",
     ]
     assert messages == []  # differing only by method and seed is what a comparison is
+    older = copy_run(finished_runs[1], tmp_path / "older")
+    config = json.loads((older.path / "config.json").read_text())
+    del config["eval-group"]  # a key this version added, at its default
+    older.config = config
+    assert [g.label for g in group_runs([seeds[0], older], messages.append)] == [
+        "prototypes (seeds 0, 1)"
+    ]
+    assert messages == []
 
     groups = group_runs([*seeds, other_beta], messages.append)
     assert [(g.label, len(g.runs)) for g in groups] == [

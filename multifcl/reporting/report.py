@@ -113,26 +113,30 @@ def group_runs(runs: Sequence[RunResults], echo: Callable[[str], None] = print) 
             "warning: these runs differ in more than method and seed: "
             f"{_describe(mixed, runs)}; runs of one config are averaged, never across configs"
         )
-    groups = []
+    groups: list[RunGroup] = []
     for members in by_config.values():
         method = str(members[0].config.get("method", "?"))
         siblings = [  # the first run of every config of this method
             group[0] for group in by_config.values() if group[0].config.get("method") == method
         ]
         keys = _differing_keys([_experiment(r.config) for r in siblings], ignored=set())
-        seeds = sorted({r.config.get("seed", "?") for r in members}, key=str)
+        seeds = sorted({int(r.config.get("seed", 0)) for r in members})
         seed_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
         setting = ", ".join(
-            f"{key}={members[0].config.get(key)}" for key in keys[:NAMED_DIFFERENCES]
+            f"{key}={_experiment(members[0].config)[key]}" for key in keys[:NAMED_DIFFERENCES]
         )
         label = f"{method} ({setting}; {seed_text})" if setting else f"{method} ({seed_text})"
+        if label in {group.label for group in groups}:  # differing beyond the keys named
+            label += f" [{members[0].name}]"
         groups.append(RunGroup(label, method, members))
     return groups
 
 
 def _experiment(config: dict) -> dict:
-    """The config keys that make a run a different experiment."""
-    return {k: v for k, v in config.items() if k not in SAME_EXPERIMENT_KEYS}
+    """The config keys that make a run a different experiment; a key an older config.json
+    lacks counts as its default."""
+    full = {**ExperimentConfig().to_run_config(), **config}
+    return {k: v for k, v in full.items() if k not in SAME_EXPERIMENT_KEYS}
 
 
 def _differing_keys(configs: Sequence[dict], ignored: set[str]) -> list[str]:
@@ -145,7 +149,7 @@ def _describe(keys: Sequence[str], runs: Sequence[RunResults]) -> str:
     """`key (value of run a, value of run b ...)` for the first NAMED_DIFFERENCES keys."""
     parts = []
     for key in keys[:NAMED_DIFFERENCES]:
-        values = dict.fromkeys(json.dumps(r.config.get(key)) for r in runs)
+        values = dict.fromkeys(json.dumps(_experiment(r.config).get(key)) for r in runs)
         parts.append(f"{key} ({' / '.join(values)})")
     more = len(keys) - NAMED_DIFFERENCES
     return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
