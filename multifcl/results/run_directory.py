@@ -146,17 +146,16 @@ class RunDirectory:
             )
         axis.plot(steps, stages, color="black", linewidth=2.5, marker="s", label="A_t (mean)")
         axis.set(
-            xlabel="after training task",
-            ylabel="CIL accuracy (%)",
-            ylim=(0, 100),
-            xticks=steps,
-            title=f"CIL accuracy per task: {self.title}",
+            xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps
         )
+        axis.set_title(f"CIL accuracy per task\n{self.title}", fontsize=10)
         axis.legend(fontsize=7, ncol=2)
         axis.grid(alpha=0.3)
         figure.tight_layout()
         png = self.path / "accuracy.png"
-        replace_atomically(png, lambda stream: figure.savefig(stream, format="png", dpi=120))
+        replace_atomically(
+            png, lambda stream: figure.savefig(stream, format="png", dpi=120, bbox_inches="tight")
+        )
         plt.close(figure)
 
 
