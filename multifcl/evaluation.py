@@ -80,7 +80,7 @@ def _evaluate(
     state: State,
     data: FederatedStream,
     current: Task,
-    split,
+    split,  # Method.feature_split's result, None to score pixels
     cache: FeatureCache | None,
     progress: EvaluationProgress,
 ) -> StageAccuracy:
@@ -113,7 +113,7 @@ def _evaluate(
         count_total += len(test_set)
     equizero = None
     if method.config.eval_canonicalize == "equizero":  # transformed inputs: no cache
-        progress.stage = "equizero"
+        progress.in_equizero = True
         test_sets = [data.test_set(data.stream.task(i)) for i in range(current.index + 1)]
         equizero = equizero_accuracies(
             method.classifier(state),
@@ -133,7 +133,7 @@ class EvaluationProgress:
     def __init__(self, after_task: int, num_tasks: int) -> None:
         self.after = f"evaluation after task {after_task}/{num_tasks}"
         self.seen_tasks = after_task
-        self.stage = "features and logits"
+        self.in_equizero = False  # past the plain scoring, in the transformed passes
         self.current, self.size, self.done = 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._report, daemon=True, name="eval-progress")
@@ -159,7 +159,7 @@ class EvaluationProgress:
 
     def describe(self) -> str:
         seconds = time.monotonic() - self._started
-        if self.stage == "equizero":
+        if self.in_equizero:
             where = f"equizero over the {self.seen_tasks} seen test sets"
         else:
             where = (

@@ -31,5 +31,5 @@ def test_progress_names_the_test_set_and_the_samples_scored():
         progress.task(2, size=400)
         progress.scored(128)
         assert progress.describe().startswith("test set 2/3, 128/400 samples scored, ")
-        progress.stage = "equizero"
+        progress.in_equizero = True
         assert progress.describe().startswith("equizero over the 3 seen test sets, ")
