@@ -99,6 +99,7 @@ def test_runs_are_labelled_by_method_and_seed_and_never_averaged_across_configs(
     older = copy_run(finished_runs[1], tmp_path / "older")
     config = json.loads((older.path / "config.json").read_text())
     del config["eval-group"]  # a key this version added, at its default
+    config["run-id"] = "another run"  # what the server stores beside the run config
     older.config = config
     assert [g.label for g in group_runs([seeds[0], older], messages.append)] == [
         "prototypes (seeds 0, 1)"

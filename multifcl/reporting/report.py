@@ -32,8 +32,9 @@ from multifcl.results.resume import RESULT_NEUTRAL_KEYS
 
 SUMMARY = "figures of finished runs: accuracy curves and matrices, partitions, bytes per round"
 FALLBACK_IMAGE_SIZE = 32  # only used to resize files of mixed sizes; counts do not depend on it
-# keys that do not make runs different experiments (class order and names follow from others)
-SAME_EXPERIMENT_KEYS = RESULT_NEUTRAL_KEYS | {"seed", "class-order", "class-names", "num-classes"}
+# run-config keys that do not make runs different experiments
+SAME_EXPERIMENT_KEYS = RESULT_NEUTRAL_KEYS | {"seed"}
+RUN_KEYS_BESIDE_CONFIG = ("num-clients",)  # saved beside the run config, changes results
 NAMED_DIFFERENCES = 3  # keys named in a label or warning
 
 
@@ -133,10 +134,13 @@ def group_runs(runs: Sequence[RunResults], echo: Callable[[str], None] = print) 
 
 
 def _experiment(config: dict) -> dict:
-    """The config keys that make a run a different experiment; a key an older config.json
-    lacks counts as its default."""
-    full = {**ExperimentConfig().to_run_config(), **config}
-    return {k: v for k, v in full.items() if k not in SAME_EXPERIMENT_KEYS}
+    """The saved config's keys that make a run a different experiment: the run-config keys
+    but SAME_EXPERIMENT_KEYS, and RUN_KEYS_BESIDE_CONFIG (what the server derives and stores
+    beside them, a run id or the class order, is left out). A key an older config.json lacks
+    counts as its default."""
+    defaults = ExperimentConfig().to_run_config()
+    keys = [k for k in defaults if k not in SAME_EXPERIMENT_KEYS] + list(RUN_KEYS_BESIDE_CONFIG)
+    return {key: config.get(key, defaults.get(key)) for key in keys}
 
 
 def _differing_keys(configs: Sequence[dict], ignored: set[str]) -> list[str]:
