@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 SUBCOMMANDS = {
     "analyze": "multifcl.analysis.command",
+    "check-config": "multifcl.check_config",
     "compare": "multifcl.compare",
     "report": "multifcl.reporting.report",
 }

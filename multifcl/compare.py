@@ -16,12 +16,15 @@ flwr's log of each run is kept in OUT/logs/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import shlex
 import shutil
+import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -233,19 +236,18 @@ class FlowerLauncher:
 
     def __exit__(self, *exc) -> None:
         if self._flower is not None:
-            self._flower.close()
+            with _signals_held():  # a second Ctrl-C must not leave the SuperLink running
+                self._flower.close()
 
     def __call__(self, run: PlannedRun) -> None:
-        from multifcl.local_flower import LocalFlower, superlink_is_running
+        from multifcl.local_flower import LocalFlower, PortInUse
 
         if self._flower is None:
-            if superlink_is_running():
-                raise CommandError(
-                    "a SuperLink already listens on the local port; end it first (it would be "
-                    "reused with the environment it was started with)"
-                )
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._flower = LocalFlower(workdir=self.workdir)
+            try:
+                self._flower = LocalFlower(workdir=self.workdir)
+            except (PortInUse, ValueError) as error:
+                raise CommandError(str(error)) from None
         try:
             result = self._flower.run(self.app_dir, run.overrides_text(), self.federation)
         except RuntimeError as error:
@@ -394,6 +396,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app folder")
 
 
+class Interrupted(CommandError):
+    """SIGINT or SIGTERM: the runs' processes are ended; the same command continues."""
+
+    exit_status = 130
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside the block (cleanup that must finish)."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def continue_command(args: argparse.Namespace) -> str:
+    """The command line that continues this comparison (finished runs are skipped)."""
+    words = ["multifcl", "compare", "--methods", *args.methods]
+    words += ["--seeds", *map(str, args.seeds), "--out", str(args.out)]
+    for option, value in (("--overrides", args.overrides), ("--federation", args.federation)):
+        if value:
+            words += [option, value]
+    if args.app.resolve() != APP_DIR:
+        words += ["--app", str(args.app)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     plan = plan_comparison(
         args.methods, args.seeds, args.out, args.overrides, args.federation, args.app.resolve()
@@ -401,8 +436,16 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{len(plan.runs)} runs ({len(plan.labels)} rows x {len(plan.seeds)} seeds) -> {plan.out}"
     )
-    with FlowerLauncher(plan, args.app.resolve()) as launch:
-        written = run_comparison(plan, launch)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with FlowerLauncher(plan, args.app.resolve()) as launch:
+            written = run_comparison(plan, launch)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the runs' processes are ended. Continue with: {continue_command(args)}"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     print()
     print((plan.out / "comparison.md").read_text())
     for path in written:

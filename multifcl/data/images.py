@@ -12,11 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from multifcl.errors import DataError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DataError(ValueError):
-    """A data set or file cannot be used; the message names the key or file at fault."""
 
 
 class LabelledImages(Protocol):
