@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "check-config": "multifcl.check_config",
     "compare": "multifcl.compare",
     "report": "multifcl.reporting.report",
+    "run": "multifcl.local_run",
 }
 
 DESCRIPTION = "Federated class-incremental learning runs: compare, report, analyze."

@@ -16,15 +16,13 @@ flwr's log of each run is kept in OUT/logs/.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import shlex
 import shutil
-import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Self
 
 from multifcl.cli import CommandError
 from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.interrupts import signals_held, sigterm_as_interrupt
 from multifcl.reporting import figures
 from multifcl.reporting.comparison_table import comparison_rows, markdown_table, write_csv
 from multifcl.reporting.run_results import RunResults, is_finished
@@ -236,7 +235,7 @@ class FlowerLauncher:
 
     def __exit__(self, *exc) -> None:
         if self._flower is not None:
-            with _signals_held():  # a second Ctrl-C must not leave the SuperLink running
+            with signals_held():  # a second Ctrl-C must not leave the SuperLink running
                 self._flower.close()
 
     def __call__(self, run: PlannedRun) -> None:
@@ -402,21 +401,6 @@ class Interrupted(CommandError):
     exit_status = 130
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored inside the block (cleanup that must finish)."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def continue_command(args: argparse.Namespace) -> str:
     """The command line that continues this comparison (finished runs are skipped)."""
     words = ["multifcl", "compare", "--methods", *args.methods]
@@ -436,16 +420,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{len(plan.runs)} runs ({len(plan.labels)} rows x {len(plan.seeds)} seeds) -> {plan.out}"
     )
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with FlowerLauncher(plan, args.app.resolve()) as launch:
+        with sigterm_as_interrupt(), FlowerLauncher(plan, args.app.resolve()) as launch:
             written = run_comparison(plan, launch)
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted; the runs' processes are ended. Continue with: {continue_command(args)}"
         ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
     print()
     print((plan.out / "comparison.md").read_text())
     for path in written:

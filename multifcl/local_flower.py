@@ -121,18 +121,36 @@ class LocalFlower:
         overrides: str | list[str] = "",
         federation: str = "",
         timeout: float = RUN_TIMEOUT_SECONDS,
+        echo: bool = False,
     ) -> FlowerRun:
         """`flwr run APP --stream` to the end; the status comes from `flwr list`.
 
         `overrides`: one run-config string, or several (TOML files or strings, applied in order).
+        `echo`: the run's log goes to this process's terminal as it comes (`logs` is then empty).
         """
-        args = ["run", str(app), "--format", "json", "--stream"]
+        args = ["run", str(app), "--stream"]
         if federation:
             args += ["--federation-config", federation]
         for override in [overrides] if isinstance(overrides, str) else overrides:
             if override:
                 args += ["-c", override]
-        started = self.flwr(*args, timeout=timeout)
+        if echo:
+            known = self._run_ids()
+            started = subprocess.run(["flwr", *args], env=self.env, cwd=self.workdir, check=False)
+            new = self._run_ids() - known
+            if started.returncode or len(new) != 1:
+                raise RuntimeError(f"flwr run started no run (exit status {started.returncode})")
+            run_id = new.pop()
+        else:
+            run_id = self._start_quietly(args, timeout)
+        listing = json.loads(self.flwr("list", "--run-id", run_id, "--format", "json").stdout)
+        run = listing["runs"][0]
+        logs = "" if echo else self.flwr("log", run_id, "--show").stdout
+        return FlowerRun(run_id, run["status"], run.get("status-details", ""), logs)
+
+    def _start_quietly(self, args: list[str], timeout: float) -> str:
+        """Run `flwr` with JSON output; the run's id."""
+        started = self.flwr(*args, "--format", "json", timeout=timeout)
         try:
             reply = json.loads(started.stdout)
         except json.JSONDecodeError:
@@ -141,11 +159,14 @@ class LocalFlower:
             ) from None
         if not reply.get("success"):  # `--format json` exits 0 even when it failed
             raise RuntimeError(f"flwr run refused the run: {reply.get('error-message')}")
-        run_id = str(reply["run-id"])
-        listing = json.loads(self.flwr("list", "--run-id", run_id, "--format", "json").stdout)
-        run = listing["runs"][0]
-        logs = self.flwr("log", run_id, "--show").stdout
-        return FlowerRun(run_id, run["status"], run.get("status-details", ""), logs)
+        return str(reply["run-id"])
+
+    def _run_ids(self) -> set[str]:
+        """The ids of the runs this SuperLink knows (none before it has started)."""
+        if not superlink_answers(self.http_port):
+            return set()
+        listing = json.loads(self.flwr("list", "--format", "json").stdout)
+        return {str(run["run-id"]) for run in listing.get("runs", [])}
 
     def close(self) -> None:
         """End the SuperLink this home started and every process under it (the simulation,
