@@ -31,26 +31,41 @@ def flower(tmp_path):
 
 
 def test_flwr_run_completes_with_results_independent_of_cpus_per_client(flower, tmp_path):
-    matrices = {}
-    for cpus in (1, 2):
-        output = tmp_path / f"results-{cpus}cpu"
-        run = flower.run(
-            APP_DIR,
-            overrides=f"{RUN} output-dir='{output}'",
-            federation=f"num-supernodes=2 client-resources-num-cpus={cpus}",
-        )
-        assert run.completed, (run.status, run.details, run.logs[-3000:])
-        metrics = json.loads((output / "metrics.json").read_text())
-        matrices[cpus] = metrics["accuracy_matrix"]
-        assert len(metrics["accuracy_matrix"]) == 2 and metrics["tasks_finished"] == 2
-        assert json.loads((output / "config.json").read_text())["torch-threads"] == 1
-    assert matrices[1] == matrices[2]
     output = tmp_path / "results-1cpu"
+    run = flower.run(
+        APP_DIR,
+        overrides=f"{RUN} output-dir='{output}'",
+        federation="num-supernodes=2 client-resources-num-cpus=1",
+    )
+    assert run.completed, (run.status, run.details, run.logs[-3000:])
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert len(metrics["accuracy_matrix"]) == 2 and metrics["tasks_finished"] == 2
+    assert json.loads((output / "config.json").read_text())["torch-threads"] == 1
     assert (output / "rounds.csv").read_text().count("\n") == 3  # header + 2 rounds
     assert "task 2/2 round 1/1" in run.logs
     rows = list(csv.DictReader((output / "rounds.csv").open()))
     assert all(float(r["client_seconds"]) > 0 and float(r["client_peak_rss_mb"]) > 50 for r in rows)
     assert len(list((output / "client-snapshots").glob("client-*.npz"))) == 2
+
+    # the same config through `multifcl run` (a SuperLink of its own), 2 CPUs per client
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    finished = subprocess.run(
+        [sys.executable, "-m", "multifcl.cli", "run", "--app", str(APP_DIR), "-c", RUN]
+        + ["--federation-config", "num-supernodes=2 client-resources-num-cpus=2"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip().splitlines()[-1].endswith("finished:completed")
+    (second,) = (workdir / "runs").iterdir()  # results default to ./runs/ of the caller
+    assert (
+        json.loads((second / "metrics.json").read_text())["accuracy_matrix"]
+        == (metrics["accuracy_matrix"])
+    )
 
 
 def test_bad_input_fails_the_run_with_a_one_line_reason(flower, tmp_path):
