@@ -25,8 +25,8 @@ from strategies.update_validation import RejectedUpdate
 
 
 class DroppingGrid(InProcessGrid):
-    """Replies of the nodes in `silent` never arrive, as when a client outlives the timeout;
-    `reverse` hands the replies back in reverse order."""
+    """Train replies of the nodes in `silent` never arrive, as when a client outlives the
+    timeout; `reverse` hands the replies back in reverse order."""
 
     def __init__(self, *args, silent=(), reverse=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -35,7 +35,8 @@ class DroppingGrid(InProcessGrid):
     def send_and_receive(self, messages, *, timeout=None):
         self.timeouts.append(timeout)
         replies = super().send_and_receive(messages, timeout=timeout)
-        replies = [r for r in replies if r.metadata.src_node_id not in self.silent]
+        if self.sent:  # the handshake (before the first train message) is answered
+            replies = [r for r in replies if r.metadata.src_node_id not in self.silent]
         return replies[::-1] if self.reverse else replies
 
 
@@ -79,7 +80,7 @@ def test_a_silent_client_times_out_and_is_recorded(tiny_config, tmp_path):
     run_continual_learning(grid, config, tmp_path)
     rows = rows_of(config)
     assert [r["failed_clients"] for r in rows] == ["1002: no reply within 5 s"] * 2
-    assert grid.timeouts == [5.0, 5.0]
+    assert grid.timeouts == [5.0, 5.0, 5.0]  # the handshake and two rounds
     assert all(m.metadata.ttl == 5.0 for m in grid.sent)  # late messages expire
 
 
