@@ -63,7 +63,9 @@ def handshake(
             raise FederationRefused(
                 f"node {node}: the handshake failed: {_line(error_reason(reply))}"
             )
-        claims[node] = reply.content[CLAIM]
+        if CLAIM not in reply.content.config_records:
+            raise FederationRefused(f"node {node}: its handshake reply has no {CLAIM!r} record")
+        claims[node] = reply.content.config_records[CLAIM]
     for node in nodes:
         if node not in claims:
             raise FederationRefused(f"node {node}: no handshake reply within {timeout:g} s")
