@@ -42,13 +42,12 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
     stream = experiment.data.stream
     log(
         INFO,
-        "multifcl: %s on %s, %d tasks x %d rounds, %d clients (partitions %s of %d) -> %s",
+        "multifcl: %s on %s, %d tasks x %d rounds, %d clients (of %d partitions) -> %s",
         config.method,
         config.dataset,
         stream.num_tasks,
         config.rounds_per_task,
         num_clients,
-        federation.held,
         federation.num_partitions,
         run_dir.path,
     )
