@@ -102,6 +102,7 @@ class ExperimentConfig:
     min_fit_fraction: float = 0.5  # share of the run's clients whose replies must be merged
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     expected_clients: int = 0  # 0: any federation size; else the run refuses another size
+    allow_missing_partitions: bool = False  # true: run when no node holds some partitions
     resume_from: Path | None = None  # a run folder to continue from its last checkpoint
     save_task_checkpoints: bool = False  # keep task-checkpoints/task-<t>.npz after each task
     # Test-time canonicalization (README "Looking inside a run")

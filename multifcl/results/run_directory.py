@@ -80,9 +80,12 @@ class RunDirectory:
         if config.logger == "tensorboard":
             self._tensorboard = TensorBoardLog(self.path / "tensorboard", config.rounds_per_task)
 
-    def write_partition(self, data: FederatedStream, num_clients: int) -> None:
-        """Write partition.json: per task, the clients x classes training-sample counts."""
-        counts = partition_counts(data, num_clients)
+    def write_partition(
+        self, data: FederatedStream, num_clients: int, held: list[int] | None = None
+    ) -> None:
+        """Write partition.json: per task, the clients x classes training-sample counts of
+        the partitions in `held` (default: all)."""
+        counts = partition_counts(data, num_clients, held)
         replace_text_atomically(self.path / PARTITION_FILE, json.dumps(counts) + "\n")
 
     def append_round(self, record: RoundRecord) -> None:
