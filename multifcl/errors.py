@@ -11,3 +11,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A data set or file cannot be used; the message names the key or file at fault."""
+
+
+class FederationRefused(RuntimeError):
+    """The nodes' partitions or data do not add up; the message names the node at fault."""

@@ -17,16 +17,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from multifcl.data.fingerprint import DataFingerprint
+from multifcl.errors import FederationRefused
 from strategies.continual import destinations, error_reason
 from strategies.records import CONFIG
 
 HANDSHAKE = "query.handshake"  # the message type; the ClientApp's @app.query("handshake")
 CLAIM = "claim"  # the reply's ConfigRecord: partition id, number of partitions, fingerprint
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
-
-
-class FederationRefused(RuntimeError):
-    """The nodes' partitions or data do not add up; the message names the node at fault."""
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from multifcl.config import ExperimentConfig
-from multifcl.errors import ConfigError, DataError
+from multifcl.errors import ConfigError, DataError, FederationRefused
 from server.one_line_errors import log_without_traceback
 
 app = ServerApp()
-log_without_traceback(ConfigError, DataError)
+log_without_traceback(ConfigError, DataError, FederationRefused)
 
 
 @app.main()

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from clients.client_app import train
-from multifcl.local_flower import LocalFlower
+from multifcl.local_flower import LocalFlower, free_port
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 from tests.test_data_sources import make_image_folder
@@ -110,12 +110,6 @@ class Deployment:
         return self.log(name)[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -183,7 +177,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     _script(DEPLOY / "make_certificates.sh", root / "certs")
     _script(DEPLOY / "make_node_keys.sh", root / "keys", "node-0", "node-1", "node-2", "intruder")
 
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     (root / "cli").mkdir()
     (root / "cli" / "config.toml").write_text(
@@ -216,7 +210,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         for name in ("node-0", "node-1"):
             deployment.registered_node_ids.add(deployment.register(name))
         for partition_id, name in enumerate(("node-0", "node-1")):
-            deployment.start_supernode(name, partition_id, _free_port())
+            deployment.start_supernode(name, partition_id, free_port())
         for node_id in deployment.registered_node_ids:
             deployment.wait_for_log("superlink", f"Activated node_id={node_id}")
         yield deployment
@@ -225,7 +219,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
 
 
 def test_supernode_with_unregistered_key_is_refused(deployment):
-    intruder = deployment.start_supernode("intruder", partition_id=0, port=_free_port())
+    intruder = deployment.start_supernode("intruder", partition_id=0, port=free_port())
     try:
         status = intruder.wait(timeout=90)
     except subprocess.TimeoutExpired:
@@ -278,7 +272,7 @@ def test_a_supernode_whose_data_copy_differs_is_refused(deployment):
 
 def test_a_third_supernode_with_a_duplicate_partition_id_is_refused(deployment):
     node_id = deployment.register("node-2")
-    deployment.start_supernode("node-2", partition_id=0, port=_free_port())
+    deployment.start_supernode("node-2", partition_id=0, port=free_port())
     deployment.wait_for_log("superlink", f"Activated node_id={node_id}")
     output = deployment.root / "refused-duplicate"
     line = refused_line(deployment.cli.run(APP_DIR, overrides=f"{TINY_JOB} output-dir='{output}'"))
