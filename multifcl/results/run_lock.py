@@ -43,32 +43,46 @@ class RunLock:
     def acquire(self) -> Self:
         """Take the lock, creating the folder (and its missing parents) if needed."""
         self._created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._descriptor = self._open_locked()
+            holder = {"run-id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()}
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError as error:  # an unwritable folder, or a file system without locks
+            self.release()
+            raise ConfigError(
+                f"{self.where}: cannot lock {str(self.path)!r}: {error.strerror or error}"
+            ) from None
+        return self
+
+    def _open_locked(self) -> int:
+        """A descriptor of the lock file, locked; ConfigError when another process has it."""
         while True:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a refused run removed the folder it had created
+                continue
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_holder(descriptor)
                 os.close(descriptor)
                 raise ConfigError(self._in_use_message(holder)) from None
+            except OSError:
+                os.close(descriptor)
+                raise
             if _same_file(descriptor, self.path):
-                break
+                return descriptor
             os.close(descriptor)  # its holder removed the file as we opened it: take the new one
-        holder = {"run-id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()}
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, (json.dumps(holder) + "\n").encode(), 0)
-        self._descriptor = descriptor
-        return self
 
     def release(self) -> None:
         """Give the folder up: the lock file goes, and so do the folders `acquire` created
         if nothing was written into them."""
-        if self._descriptor is None:
-            return
-        self.path.unlink(missing_ok=True)  # while still locked: a waiting opener retries
-        os.close(self._descriptor)
-        self._descriptor = None
+        if self._descriptor is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: a later opener retries
+            os.close(self._descriptor)
+            self._descriptor = None
         self._remove_created_folders()
 
     def __enter__(self) -> Self:
