@@ -38,7 +38,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
     }
 
 
-def test_an_interrupted_runs_folder_is_refused_to_a_new_run_and_resumes_itself(tmp_path):
+def test_an_interrupted_runs_folder_is_refused_to_a_new_run_and_kept_for_its_resume(tmp_path):
     """Finding 1: run A (lr 0.01) is killed in task 1, before metrics.json exists; a new run
     B (lr 0.05) into the same folder used to rewrite config.json, truncate rounds.csv and
     overwrite A's first checkpoints, so that resuming B loaded A's newer checkpoint."""
@@ -59,12 +59,11 @@ def test_an_interrupted_runs_folder_is_refused_to_a_new_run_and_resumes_itself(t
     )
     assert files_of(folder) == before and grid.sent == []
 
+    # A's own resume takes its newest checkpoint (resumes run end to end in test_resume.py)
     resume_a = ExperimentConfig.from_run_config({**run_a, "resume-from": str(folder)})
-    grid = InProcessGrid(train, resume_a.to_run_config(), NODES)
-    assert run_continual_learning(grid, resume_a, tmp_path)["tasks_finished"] == 2
-    saved = json.loads((folder / "config.json").read_text())
-    assert saved["lr"] == 0.01 and latest_checkpoint(folder).run_id == saved["run-id"]
-    assert not (folder / LOCK_FILE).exists()
+    _, saved, checkpoint = open_resumable_run(resume_a, warn=print)
+    assert saved["lr"] == 0.01 and checkpoint.run_id == saved["run-id"]
+    assert checkpoint.file_name == "checkpoint-000001.npz"  # the initial state, round 1
 
 
 def test_a_resume_refuses_a_newest_checkpoint_written_by_another_run(tmp_path):
