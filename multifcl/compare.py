@@ -36,6 +36,7 @@ from multifcl.reporting.comparison_table import comparison_rows, markdown_table,
 from multifcl.reporting.run_results import RunResults, is_finished
 from multifcl.results.resume import config_differences
 from multifcl.results.run_directory import FORMULAS
+from multifcl.results.run_lock import RunLock
 
 SUMMARY = "run methods or presets over seeds with flwr run, then tabulate and plot them"
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml and its modules
@@ -158,8 +159,9 @@ def run_comparison(
         if run.name in done_before:
             echo(f"{prefix}: finished before, skipped")
             continue
-        if run.run_dir.exists():
-            moved = _move_aside(run.run_dir, plan.out / "unfinished")
+        if run.run_dir.exists():  # refused while another process still runs it
+            with RunLock(run.run_dir, None, where=f"{prefix}: the unfinished leftover"):
+                moved = _move_aside(run.run_dir, plan.out / "unfinished")
             echo(f"{prefix}: moved the unfinished leftover to {moved}")
         echo(f"{prefix}: running -> {run.run_dir} (elapsed {_clock(time.monotonic() - started)})")
         run_started = time.monotonic()

@@ -235,9 +235,11 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
             return Path(value).expanduser().resolve()
         except (OSError, RuntimeError, ValueError) as error:  # e.g. an embedded NUL byte
             raise ConfigError(f"run config key '{key}': invalid path {value!r}: {error}") from None
-    if type_name == "int | None":
+    if type_name == "int | None":  # a cap: 0 means none
         number = _convert(key, value, "int")
-        return number if number > 0 else None
+        if number < 0:
+            raise ConfigError(f"run config key '{key}': must be >= 0 (0 = no cap), got {number}")
+        return number or None
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
