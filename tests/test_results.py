@@ -69,10 +69,24 @@ def test_summary_prints_the_matrix_and_metrics(tmp_path):
     assert "a[t][j]" in text and "60.0" in text and "70.0" in text and "65.0" in text
 
 
-def test_output_dir_holding_a_run_is_refused(tmp_path):
-    (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigError, match="'output-dir'"):
+@pytest.mark.parametrize(
+    "left", ["metrics.json", "config.json", "rounds.csv", "checkpoints/checkpoint-000000.npz"]
+)
+def test_output_dir_holding_a_run_is_refused(left, tmp_path):
+    (tmp_path / left).parent.mkdir(exist_ok=True)
+    (tmp_path / left).write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"^run config key 'output-dir': .* already holds a run \("
+    ):
         RunDirectory(tmp_path)
+    assert RunDirectory(tmp_path, resume=True).path == tmp_path.resolve()
+
+
+def test_a_new_run_gets_an_id_in_its_config_json(tmp_path):
+    first, second = RunDirectory(tmp_path / "a"), RunDirectory(tmp_path / "b")
+    assert len(first.run_id) == 32 and first.run_id != second.run_id
+    first.start(ExperimentConfig(), {})
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["run-id"] == first.run_id
 
 
 def test_a_resumed_run_keeps_its_rows_under_the_current_header(tmp_path):
