@@ -14,16 +14,15 @@ so a long feature pass or equizero is covered too); the results do not depend on
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from logging import INFO
 from typing import Self
 
 import torch
-from flwr.common.logger import log
 
 from multifcl.analysis.equizero import equizero_accuracies
 from multifcl.backbones.host_transfer import to_device
@@ -44,6 +43,7 @@ class StageAccuracy:
 
 
 PROGRESS_INTERVAL_S = 30.0
+logger = logging.getLogger(__name__)
 
 _CACHES: weakref.WeakKeyDictionary[Method, FeatureCache] = weakref.WeakKeyDictionary()
 
@@ -155,7 +155,7 @@ class EvaluationProgress:
 
     def _report(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
-            log(INFO, "%s: %s", self.after, self.describe())
+            logger.info("%s: %s", self.after, self.describe())
 
     def describe(self) -> str:
         seconds = time.monotonic() - self._started

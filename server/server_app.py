@@ -13,10 +13,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from multifcl.config import ExperimentConfig
 from multifcl.errors import ConfigError, DataError, FederationRefused
+from server.library_logs import route_library_logs_to_flower
 from server.one_line_errors import log_without_traceback
 
 app = ServerApp()
 log_without_traceback(ConfigError, DataError, FederationRefused)
+route_library_logs_to_flower()
 
 
 @app.main()

@@ -17,7 +17,7 @@ def test_progress_is_logged_on_a_timer_and_the_accuracies_are_the_same(
     quiet = evaluate_seen_tasks(method, state, data, last)
 
     monkeypatch.setattr(evaluation, "PROGRESS_INTERVAL_S", 0.001)
-    with caplog.at_level(logging.INFO, logger="flwr"):
+    with caplog.at_level(logging.INFO, logger="multifcl"):
         logged = evaluate_seen_tasks(method, state, data, last)
     assert dataclasses.asdict(logged) == dataclasses.asdict(quiet)
     lines = [r.getMessage() for r in caplog.records if "evaluation after task" in r.getMessage()]
