@@ -10,12 +10,16 @@ update conventions:
 - per-class uploads are `class-ids` (integers, shape (k,)), `class-counts` (shape (k,)) and
   row arrays of shape (k, ...) whose state key holds a (num_classes, ...) array;
 - float arrays may travel as float16 where the state holds float32 (`transmit-dtype`).
+
+`outlier_updates` then compares the round's updates that passed with each other: a finite
+value can still be absurd (a class mean x 1e30), which only its size next to the genuine
+updates gives away (see its docstring for the bounds).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 
 import numpy as np
 
@@ -58,9 +62,7 @@ def validate_update(
     _check_diagnostics(update)
     arrays = update.arrays
     _check_size(arrays, max_update_bytes(state, task))
-    layout = method.update_layout(state, task) if method is not None else None
-    if layout is None:
-        layout = conventional_layout(state, arrays)
+    layout = _layout(state, arrays, task, method)
     _check_keys(arrays, layout)
     if layout.rows:
         ids = _checked_class_ids(arrays[CLASS_IDS], task)
@@ -75,13 +77,89 @@ def validate_update(
         raise RejectedUpdate(problem)
 
 
+def outlier_updates(
+    state: State,
+    updates: Mapping[Hashable, ClientUpdate],
+    task: Task,
+    method: Method | None = None,
+    max_row_norm_ratio: float = 10.0,
+    max_change_ratio: float = 100.0,
+) -> dict[Hashable, str]:
+    """One-line reasons, by client, for the updates (each already passed `validate_update`)
+    whose size is implausible next to the others; 0 turns a check off.
+
+    - Feature rows (`UpdateLayout.feature_rows`: class means, prototypes) must have a norm
+      within a factor `max_row_norm_ratio` of the median norm m of that upload's rows: every
+      row sent this round plus the state's merged rows (classes with a count):
+      m / ratio <= ||row|| <= m x ratio. A class mean of a frozen backbone's features is at
+      most the largest feature norm, which the server does not know; rows of one feature
+      space have norms of one scale, and a median over mostly genuine rows estimates it.
+    - Each dense array's change from the broadcast state, ||sent - state||, must be at most
+      `max_change_ratio` x the median change of that array across the updates (changes
+      within float16 rounding of the state never count).
+
+    Medians need genuine senders in the majority: with one or two updates and no merged
+    rows yet, nothing is an outlier.
+    """
+    if not updates:
+        return {}
+    layout = _layout(state, next(iter(updates.values())).arrays, task, method)
+    reasons: dict[Hashable, str] = {}
+    if max_row_norm_ratio:
+        counted = state[CLASS_COUNTS] > 0 if CLASS_COUNTS in state else None
+        for key in sorted(layout.feature_rows):
+            reference = state[layout.rows[key]]
+            merged = [] if counted is None else list(_row_norms(reference[counted]))
+            norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items()}
+            median = float(np.median(merged + [n for rows in norms.values() for n in rows]))
+            low, high = median / max_row_norm_ratio, median * max_row_norm_ratio
+            for node, rows in norms.items():
+                bad = (rows < low) | (rows > high)
+                if median > 0 and bad.any() and node not in reasons:
+                    reasons[node] = (
+                        f"key {key!r}: a row of norm {rows[bad][0]:.3g} is outside "
+                        f"[{low:.3g}, {high:.3g}], {max_row_norm_ratio:g}x around the "
+                        f"median row norm {median:.3g}"
+                    )
+    if max_change_ratio and len(updates) > 2:
+        for key in sorted(layout.dense):
+            if state[key].dtype.kind != "f":
+                continue
+            current = state[key].astype(np.float64)
+            floor = COUNT_TOLERANCE * (float(np.linalg.norm(current)) + 1.0)
+            changes = {
+                node: float(np.linalg.norm(u.arrays[key].astype(np.float64) - current))
+                for node, u in updates.items()
+            }
+            median = float(np.median(list(changes.values())))
+            bound = max(median * max_change_ratio, floor)
+            for node, change in changes.items():
+                if change > bound and node not in reasons:
+                    reasons[node] = (
+                        f"key {key!r} changed by {change:.3g}, more than {max_change_ratio:g}x "
+                        f"the median change {median:.3g}"
+                    )
+    return reasons
+
+
+def _row_norms(rows: np.ndarray) -> np.ndarray:
+    flat = rows.astype(np.float64).reshape(len(rows), int(np.prod(rows.shape[1:])))
+    return np.sqrt((flat**2).sum(axis=1))
+
+
+def _layout(state: State, arrays: State, task: Task, method: Method | None) -> UpdateLayout:
+    layout = method.update_layout(state, task) if method is not None else None
+    return layout if layout is not None else conventional_layout(state, arrays)
+
+
 def conventional_layout(state: State, arrays: State) -> UpdateLayout:
     """The layout the update conventions give for `state`, read off the update's own keys.
 
     A state holding `class-counts` belongs to a per-class method: its updates must carry
     `class-ids` and `class-counts` (and `class-means` when the state holds `prototypes`);
     any other state key they send is a row array when the state holds one row per class
-    of it and the update does not send it whole, else a dense array. Any other state is
+    of it and the update does not send it whole, else a dense array; row arrays of more
+    than one value per class are feature rows. Any other state is
     merged by FedAvg: the update may send any of its keys, whole. Which dense keys must be
     present, and which arrays are rows when both shapes fit, only the method knows.
     """
@@ -100,7 +178,8 @@ def conventional_layout(state: State, arrays: State) -> UpdateLayout:
             dense.add(key)
         else:
             rows[key] = key
-    return UpdateLayout(rows, frozenset(dense))
+    features = {key for key, target in rows.items() if np.prod(state[target].shape[1:]) > 1}
+    return UpdateLayout(rows, frozenset(dense), frozenset(features))
 
 
 def max_update_bytes(state: State, task: Task) -> int:
@@ -229,5 +308,6 @@ __all__ = [
     "RejectedUpdate",
     "conventional_layout",
     "max_update_bytes",
+    "outlier_updates",
     "validate_update",
 ]
