@@ -38,6 +38,7 @@ MAX_EXAMPLES = 2**24
 COUNT_TOLERANCE = float(np.finfo(np.float16).eps)
 INT64_BYTES = 8
 NAMES_SHOWN = 3  # keys named in a reason before "... (n in all)"
+MIN_VOTES = 3  # a median of fewer values is not a majority's: no outlier check
 
 
 class RejectedUpdate(ValueError):
@@ -88,18 +89,18 @@ def outlier_updates(
     """One-line reasons, by client, for the updates (each already passed `validate_update`)
     whose size is implausible next to the others; 0 turns a check off.
 
-    - Feature rows (`UpdateLayout.feature_rows`: class means, prototypes) must have a norm
-      within a factor `max_row_norm_ratio` of the median norm m of that upload's rows: every
-      row sent this round plus the state's merged rows (classes with a count):
-      m / ratio <= ||row|| <= m x ratio. A class mean of a frozen backbone's features is at
-      most the largest feature norm, which the server does not know; rows of one feature
-      space have norms of one scale, and a median over mostly genuine rows estimates it.
+    - Feature rows (`UpdateLayout.feature_rows`: class means, prototypes) must have norms
+      within a factor `max_row_norm_ratio` of a reference m: m / ratio <= ||row|| <= m x
+      ratio. A class mean of a frozen backbone's features is at most the largest feature
+      norm, which the server does not know; rows of one feature space have norms of one
+      scale, and m estimates it: the median of one vote per update (the median norm of its
+      rows) and one per merged row of the state (classes with a count, validated before).
     - Each dense array's change from the broadcast state, ||sent - state||, must be at most
       `max_change_ratio` x the median change of that array across the updates (changes
       within float16 rounding of the state never count).
 
-    Medians need genuine senders in the majority: with one or two updates and no merged
-    rows yet, nothing is an outlier.
+    A median needs genuine voters in the majority, so with fewer than three votes (one or
+    two updates, and no merged rows for the row check) nothing is an outlier.
     """
     if not updates:
         return {}
@@ -109,9 +110,12 @@ def outlier_updates(
         counted = state[CLASS_COUNTS] > 0 if CLASS_COUNTS in state else None
         for key in sorted(layout.feature_rows):
             reference = state[layout.rows[key]]
-            merged = [] if counted is None else list(_row_norms(reference[counted]))
             norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items()}
-            median = float(np.median(merged + [n for rows in norms.values() for n in rows]))
+            votes = [float(np.median(rows)) for rows in norms.values()]
+            votes += [] if counted is None else _row_norms(reference[counted]).tolist()
+            if len(votes) < MIN_VOTES:
+                continue
+            median = float(np.median(votes))
             low, high = median / max_row_norm_ratio, median * max_row_norm_ratio
             for node, rows in norms.items():
                 bad = (rows < low) | (rows > high)
@@ -119,9 +123,9 @@ def outlier_updates(
                     reasons[node] = (
                         f"key {key!r}: a row of norm {rows[bad][0]:.3g} is outside "
                         f"[{low:.3g}, {high:.3g}], {max_row_norm_ratio:g}x around the "
-                        f"median row norm {median:.3g}"
+                        f"median norm {median:.3g}"
                     )
-    if max_change_ratio and len(updates) > 2:
+    if max_change_ratio and len(updates) >= MIN_VOTES:
         for key in sorted(layout.dense):
             if state[key].dtype.kind != "f":
                 continue
