@@ -2,9 +2,10 @@
 
 In-process runs (the real server loop, strategy, validation and ClientApp over
 `server.in_process_grid.InProcessGrid`; not `flwr run`) of the `prototypes` method with
-EfficientNet-Lite0 on an offline CIFAR-10 image folder: 5 tasks of 2 classes,
-`--train-per-class` training images per class, the full test set, Dirichlet beta 0.5,
-seed 0, the defaults otherwise. The first `a` of `n` clients are attackers: each of their
+EfficientNet-Lite0 (96 px) on an offline CIFAR-10 image folder: 5 tasks of 2 classes,
+`--train-per-class` training images per class, `--test-per-class` test images per class
+(a folder of links to the first ones in name order, under `runs/`; 0: the whole test set),
+Dirichlet beta 0.5, seed 0, the defaults otherwise (2 rounds per task). The first `a` of `n` clients are attackers: each of their
 replies is the genuine one with every feature row (`class-means`) replaced by
 
 - `scaled`: the row x 1e30 (the README's finding), once with the update-norm bounds on
@@ -16,7 +17,8 @@ replies is the genuine one with every feature row (`class-means`) replaced by
 The frozen backbone's features do not depend on the merge, so every run in this process
 shares one backbone, one data stream and one cache of train and test features.
 
-    python benchmarks/poisoning.py --data-root /abs/path/cifar10-jpg [--train-per-class 100]
+    python benchmarks/poisoning.py --data-root /abs/path/cifar10-jpg \
+        [--train-per-class 100] [--test-per-class 300]
 
 Prints a Markdown table of Last (accuracy on all classes after the last task, %).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -112,6 +115,20 @@ def share_experiments(base: ExperimentConfig) -> None:
     client_app.load_experiment = continual_loop.load_experiment = load_experiment
 
 
+def test_subset(data_root: Path, per_class: int, folder: Path) -> Path:
+    """`data_root` with only the first `per_class` test images of each class (links)."""
+    if not per_class:
+        return data_root
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "test").mkdir(parents=True)
+    (folder / "train").symlink_to(data_root / "train")
+    for class_folder in sorted((data_root / "test").iterdir()):
+        (folder / "test" / class_folder.name).mkdir()
+        for image in sorted(class_folder.iterdir())[:per_class]:
+            (folder / "test" / class_folder.name / image.name).symlink_to(image)
+    return folder
+
+
 def run(base: ExperimentConfig, folder: Path, clients: int, attackers: int, attack, rule) -> dict:
     changes = {"robust_merge": rule, "output_dir": folder}
     if attack == "scaled, bounds off":
@@ -126,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--train-per-class", type=int, default=100)
+    parser.add_argument("--test-per-class", type=int, default=300)
     parser.add_argument("--num-tasks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/poisoning/results.json"))
@@ -133,7 +151,9 @@ def main() -> None:
     base = ExperimentConfig(
         method="prototypes",
         dataset="imagefolder",
-        data_root=args.data_root.resolve(),
+        data_root=test_subset(
+            args.data_root.resolve(), args.test_per_class, args.out.parent.resolve() / "data"
+        ),
         backbone="efficientnet-lite0",
         num_tasks=args.num_tasks,
         max_train_per_class=args.train_per_class,
