@@ -299,6 +299,27 @@ def test_genuine_updates_of_every_method_pass(name, tiny_config):
             validate_update(state, received, task, method)
 
 
+@pytest.mark.parametrize("name", ["prototypes", "multifcl-lora-per-task", "finetune"])
+def test_no_genuine_update_is_an_outlier(name, tiny_config):
+    """Three Dirichlet clients per task, float16 on the wire, two tasks merged in turn
+    (feature rows; rows and LoRA; dense weights. Every entry of METHOD_CONFIGS passed
+    this too, at seven times the cost)."""
+    config = tiny_config(**METHOD_CONFIGS[name], partition="dirichlet", transmit_dtype="float16")
+    experiment = load_experiment(config)
+    method, data = experiment.method, experiment.data
+    state = method.initial_state()
+    for task in list(data.stream)[:2]:
+        updates = {
+            client: over_the_wire(
+                method.train_client(state, data.client_train_set(task, client, 3), task, client),
+                "float16",
+            )
+            for client in range(3)
+        }
+        assert outlier_updates(state, updates, task, method) == {}
+        state = method.merge(state, list(updates.values()))
+
+
 def test_declared_multifcl_layout_rejects_partial_and_misshapen_uploads(tiny_config):
     config = tiny_config(method="multifcl", adapter_policy="per-task", use_text_init=False)
     method, rounds = genuine_rounds(config)
