@@ -34,8 +34,9 @@ CLASS_COUNTS = "class-counts"
 RENAMED_ROWS = {"class-means": "prototypes"}
 # Class counts travel as float32, which holds every whole number up to 2**24 exactly.
 MAX_EXAMPLES = 2**24
-# Relative slack of the counts' sum: float16 rounds a whole number n to within n * 2**-11.
-COUNT_TOLERANCE = float(np.finfo(np.float16).eps)
+# float16 rounds a number x to within |x| * 2**-11: the slack of the counts' sum, and the
+# change of an array that travelled as float16 unchanged.
+FLOAT16_ROUNDING = float(np.finfo(np.float16).eps)
 INT64_BYTES = 8
 NAMES_SHOWN = 3  # keys named in a reason before "... (n in all)"
 MIN_VOTES = 3  # a median of fewer values is not a majority's: no outlier check
@@ -105,45 +106,63 @@ def outlier_updates(
     if not updates:
         return {}
     layout = _layout(state, next(iter(updates.values())).arrays, task, method)
-    reasons: dict[Hashable, str] = {}
+    found: list[dict[Hashable, str]] = []
     if max_row_norm_ratio:
-        counted = state[CLASS_COUNTS] > 0 if CLASS_COUNTS in state else None
-        for key in sorted(layout.feature_rows):
-            reference = state[layout.rows[key]]
-            norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items()}
-            votes = [float(np.median(rows)) for rows in norms.values()]
-            votes += [] if counted is None else _row_norms(reference[counted]).tolist()
-            if len(votes) < MIN_VOTES:
-                continue
-            median = float(np.median(votes))
-            low, high = median / max_row_norm_ratio, median * max_row_norm_ratio
-            for node, rows in norms.items():
-                bad = (rows < low) | (rows > high)
-                if median > 0 and bad.any() and node not in reasons:
-                    reasons[node] = (
-                        f"key {key!r}: a row of norm {rows[bad][0]:.3g} is outside "
-                        f"[{low:.3g}, {high:.3g}], {max_row_norm_ratio:g}x around the "
-                        f"median norm {median:.3g}"
-                    )
+        found += [
+            _row_outliers(key, state, layout.rows[key], updates, max_row_norm_ratio)
+            for key in sorted(layout.feature_rows)
+        ]
     if max_change_ratio and len(updates) >= MIN_VOTES:
-        for key in sorted(layout.dense):
-            if state[key].dtype.kind != "f":
-                continue
-            current = state[key].astype(np.float64)
-            floor = COUNT_TOLERANCE * (float(np.linalg.norm(current)) + 1.0)
-            changes = {
-                node: float(np.linalg.norm(u.arrays[key].astype(np.float64) - current))
-                for node, u in updates.items()
-            }
-            median = float(np.median(list(changes.values())))
-            bound = max(median * max_change_ratio, floor)
-            for node, change in changes.items():
-                if change > bound and node not in reasons:
-                    reasons[node] = (
-                        f"key {key!r} changed by {change:.3g}, more than {max_change_ratio:g}x "
-                        f"the median change {median:.3g}"
-                    )
+        found += [
+            _change_outliers(key, state[key], updates, max_change_ratio)
+            for key in sorted(layout.dense)
+            if state[key].dtype.kind == "f"
+        ]
+    reasons: dict[Hashable, str] = {}
+    for outliers in found:  # the first reason found for each client
+        for node, reason in outliers.items():
+            reasons.setdefault(node, reason)
     return reasons
+
+
+def _row_outliers(key: str, state: State, target: str, updates, ratio: float) -> dict:
+    """Updates with a row of `key` whose norm is outside [m / ratio, m x ratio]."""
+    norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items()}
+    votes = [float(np.median(rows)) for rows in norms.values()]
+    if CLASS_COUNTS in state:
+        votes += _row_norms(state[target][state[CLASS_COUNTS] > 0]).tolist()
+    median = float(np.median(votes)) if len(votes) >= MIN_VOTES else 0.0
+    if median == 0:
+        return {}
+    low, high = median / ratio, median * ratio
+    reasons = {}
+    for node, rows in norms.items():
+        bad = rows[(rows < low) | (rows > high)]
+        if len(bad):
+            reasons[node] = (
+                f"key {key!r}: a row of norm {bad[0]:.3g} is outside [{low:.3g}, {high:.3g}], "
+                f"{ratio:g}x around the median norm {median:.3g}"
+            )
+    return reasons
+
+
+def _change_outliers(key: str, current: np.ndarray, updates, ratio: float) -> dict:
+    """Updates that change `key` by more than `ratio` x the median change (and by more than
+    float16 rounding)."""
+    current = current.astype(np.float64)
+    changes = {
+        node: float(np.linalg.norm(u.arrays[key].astype(np.float64) - current))
+        for node, u in updates.items()
+        if key in u.arrays  # a FedAvg update may leave a key out
+    }
+    median = float(np.median(list(changes.values()))) if changes else 0.0
+    bound = max(median * ratio, FLOAT16_ROUNDING * (float(np.linalg.norm(current)) + 1.0))
+    return {
+        node: f"key {key!r} changed by {change:.3g}, more than {ratio:g}x the median "
+        f"change {median:.3g}"
+        for node, change in changes.items()
+        if change > bound
+    }
 
 
 def _row_norms(rows: np.ndarray) -> np.ndarray:
@@ -301,7 +320,7 @@ def _check_counts(counts: np.ndarray, num_examples: int) -> None:
     if (counts != np.round(counts)).any():
         raise RejectedUpdate(f"key {CLASS_COUNTS!r} has a count that is not a whole number")
     total = float(counts.astype(np.float64).sum())
-    if abs(total - num_examples) > num_examples * COUNT_TOLERANCE:
+    if abs(total - num_examples) > num_examples * FLOAT16_ROUNDING:
         raise RejectedUpdate(
             f"key {CLASS_COUNTS!r} adds up to {total:g}, not num-examples {num_examples}"
         )
