@@ -67,6 +67,7 @@ class Method(ABC):
         self.backbone = backbone
         self.class_names = class_names  # in stream order: the name of stream class c
         self.num_classes = len(class_names)
+        # how `merge` combines the clients' values of a row or array (`robust-merge`)
         self.merge_rule = MergeRule(config.robust_merge, config.robust_trim_fraction)
 
     @abstractmethod
