@@ -1,22 +1,93 @@
-"""Server-side merge rules shared by methods: FedAvg and per-class weighted rows."""
+"""Server-side merge rules shared by methods: FedAvg, per-class weighted rows, and their
+robust variants (`robust-merge`).
+
+Both merges combine, for each array (FedAvg) or each class's row (rows), the values of the
+clients that sent it. `MergeRule` says how: the weighted mean (`"none"`), or a statistic one
+or more malicious senders cannot drag arbitrarily far (`"trimmed-mean"`, `"median"`,
+`"norm-clip"`). A robust statistic needs honest senders in the majority: a row sent by one
+or two clients (a class few clients hold) is merged by their plain weighted mean whatever the
+rule; `strategies/update_validation.py` bounds what such a row can be.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 
+@dataclass(frozen=True)
+class MergeRule:
+    """How the server combines k clients' values of one array or one class's row.
+
+    - `"none"`: the weighted mean (weights: sample counts, or per-class counts);
+    - `"trimmed-mean"`: per coordinate, the plain mean after dropping the
+      ceil(`trim_fraction` x k) largest and as many smallest values, at most (k - 1) // 2
+      each side (Yin et al., 2018);
+    - `"median"`: per coordinate, the median (the mean of the middle two for even k);
+    - `"norm-clip"`: each client's change from the current value is scaled down to at most
+      the median of the clients' change norms, then the weighted mean (Sun et al., 2019).
+
+    Trimmed mean and median ignore the weights (a claimed count buys no larger say); every
+    rule is the weighted mean for k <= 2, where no majority exists.
+    """
+
+    name: str = "none"
+    trim_fraction: float = 0.25
+
+    def combine(
+        self, values: np.ndarray, weights: np.ndarray, current: np.ndarray | None
+    ) -> np.ndarray:
+        """(k, ...) float64 values and (k,) weights -> the merged value (float64).
+        `current` is the value before the round (needed by `"norm-clip"`)."""
+        k = len(values)
+        if self.name == "none" or k <= 2:
+            return _weighted_mean(values, weights)
+        if self.name == "median":
+            return np.median(values, axis=0)
+        if self.name == "trimmed-mean":
+            cut = min(math.ceil(self.trim_fraction * k), (k - 1) // 2)
+            return np.sort(values, axis=0)[cut : k - cut].mean(axis=0)
+        if self.name == "norm-clip":
+            changes = values - current
+            norms = np.sqrt((changes.reshape(k, -1) ** 2).sum(axis=1))
+            scale = np.minimum(1.0, np.median(norms) / np.maximum(norms, 1e-300))
+            return current + _weighted_mean(changes * _per_client(scale, changes), weights)
+        raise ValueError(f"unknown merge rule {self.name!r}")
+
+
+NO_RULE = MergeRule()
+
+
 def weighted_average(
-    arrays: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+    arrays: Sequence[dict[str, np.ndarray]],
+    weights: Sequence[float],
+    rule: MergeRule = NO_RULE,
+    current: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """FedAvg: each key averaged across clients, weighted (e.g. by sample count)."""
+    """FedAvg: each key averaged across clients, weighted (e.g. by sample count), or
+    combined by `rule`; `current` (the state before the round) is what `"norm-clip"`
+    measures changes from."""
     total = float(sum(weights))
     if not arrays or total <= 0:
         raise ValueError("weighted_average needs at least one client with a positive weight")
+    if rule.name == "norm-clip" and current is None:
+        raise ValueError("the norm-clip merge needs the current state")
+    if rule.name == "none":
+        return {
+            key: np.asarray(
+                sum(w * a[key].astype(np.float64) for a, w in zip(arrays, weights)) / total
+            ).astype(arrays[0][key].dtype)
+            for key in arrays[0]
+        }
+    weights = np.asarray(weights, np.float64)
     return {
-        key: np.asarray(
-            sum(w * a[key].astype(np.float64) for a, w in zip(arrays, weights)) / total
+        key: rule.combine(
+            np.stack([a[key].astype(np.float64) for a in arrays]),
+            weights,
+            None if current is None else current[key].astype(np.float64),
         ).astype(arrays[0][key].dtype)
         for key in arrays[0]
     }
@@ -28,10 +99,13 @@ def merge_class_rows(
     client_classes: Sequence[np.ndarray],
     client_rows: Sequence[np.ndarray],
     client_counts: Sequence[np.ndarray],
+    rule: MergeRule = NO_RULE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Replace each reported class's row by the count-weighted mean of the clients' rows.
+    """Replace each reported class's row by the count-weighted mean of the clients' rows,
+    or by `rule` over the clients that sent that class's row.
 
-    Rows of classes no client reported keep their current value.
+    Rows of classes no client reported keep their current value; a reported class's count
+    becomes the sum of its clients' counts.
     """
     sums = np.zeros(rows.shape, dtype=np.float64)
     totals = np.zeros(len(rows), dtype=np.float64)
@@ -40,6 +114,26 @@ def merge_class_rows(
         np.add.at(totals, classes, weights)
     reported = totals > 0
     merged_rows, merged_counts = rows.copy(), counts.copy()
-    merged_rows[reported] = (sums[reported] / totals[reported, None]).astype(rows.dtype)
     merged_counts[reported] = totals[reported]
+    if rule.name == "none":
+        merged_rows[reported] = (sums[reported] / totals[reported, None]).astype(rows.dtype)
+        return merged_rows, merged_counts
+    senders: dict[int, list[tuple[np.ndarray, float]]] = {}
+    for classes, values, weights in zip(client_classes, client_rows, client_counts):
+        for c, value, weight in zip(classes.tolist(), values, weights):
+            senders.setdefault(c, []).append((value.astype(np.float64), float(weight)))
+    for c in np.flatnonzero(reported).tolist():
+        values, weights = zip(*senders[c])
+        current = rows[c].astype(np.float64)
+        merged_rows[c] = rule.combine(np.stack(values), np.array(weights), current)
     return merged_rows, merged_counts
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    weights = np.asarray(weights, np.float64)
+    return (values * _per_client(weights, values)).sum(axis=0) / weights.sum()
+
+
+def _per_client(factors: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(k,) factors shaped to broadcast over (k, ...) values."""
+    return factors.reshape((len(factors),) + (1,) * (values.ndim - 1))

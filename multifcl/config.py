@@ -32,6 +32,7 @@ LOGGERS = ("none", "tensorboard")
 PRECISIONS = ("fp32", "bf16")
 TRANSMIT_DTYPES = ("float32", "float16")
 EVAL_CANONICALIZATIONS = ("none", "equizero")
+ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,11 @@ class ExperimentConfig:
     allow_missing_partitions: bool = False  # true: run when no node holds some partitions
     resume_from: Path | None = None  # a run folder to continue from its last checkpoint
     save_task_checkpoints: bool = False  # keep task-checkpoints/task-<t>.npz after each task
+    # Poisoned updates (README "Fault tolerance, validated updates and resume")
+    robust_merge: str = "none"  # per-class rows and dense arrays: "trimmed-mean", "median", ...
+    robust_trim_fraction: float = 0.25  # trimmed-mean: share of the senders cut at each end
+    max_row_norm_ratio: float = 10.0  # a feature row's norm at most this far from the median
+    max_change_ratio: float = 100.0  # a dense array's change at most this x the median change
     # Test-time canonicalization (README "Looking inside a run")
     eval_canonicalize: str = "none"  # "equizero": also report accuracy under equizero
     eval_group: str = "flip-rot90"  # the transforms equizero tries: flip, rot90, flip-rot90
@@ -178,6 +184,16 @@ class ExperimentConfig:
             )
         if self.data_root is not None and self.dataset == "imagefolder":
             _check_folder("data-root", self.data_root)
+        _check_choice("robust-merge", self.robust_merge, ROBUST_MERGES)
+        if not 0 < self.robust_trim_fraction < 0.5:
+            raise ConfigError(
+                "run config key 'robust-trim-fraction': must be in (0, 0.5), "
+                f"got {self.robust_trim_fraction!r}"
+            )
+        for key in ("max-row-norm-ratio", "max-change-ratio"):
+            ratio = getattr(self, _attribute(key))
+            if ratio != 0 and not ratio > 1:
+                raise ConfigError(f"run config key '{key}': must be > 1 (or 0: off), got {ratio!r}")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:

@@ -28,7 +28,7 @@ from strategies.records import (
     record_to_state,
     state_to_record,
 )
-from strategies.update_validation import RejectedUpdate, validate_update
+from strategies.update_validation import RejectedUpdate, outlier_updates, validate_update
 
 REASON_MAX_CHARS = 200  # a failure reason in rounds.csv and the log stays one short line
 
@@ -45,7 +45,8 @@ class ContinualStrategy(Strategy):
     """Sends the global state and {task, round} to every node; merges with `method.merge`.
 
     A client that returns an error, does not answer within `round_timeout`, or sends a
-    reply that cannot be decoded or fails `validate_update` is a failed client: it is
+    reply that cannot be decoded, fails `validate_update` or is one of the round's
+    `outlier_updates` (`max-row-norm-ratio`, `max-change-ratio`) is a failed client: it is
     excluded from the merge, logged, and recorded with its reason in the round's
     `RoundRecord`.
 
@@ -176,6 +177,12 @@ class ContinualStrategy(Strategy):
                 failed[node] = f"rejected: {rejection}"
             else:
                 updates[node] = update
+        config = self.method.config
+        ratios = config.max_row_norm_ratio, config.max_change_ratio
+        outliers = outlier_updates(self._state, updates, self._task, self.method, *ratios)
+        for node, reason in outliers.items():  # finite, but absurd next to the others
+            failed[node] = f"rejected: {reason}"
+            del updates[node]
         for node in self._nodes:
             if node not in updates and node not in failed:
                 failed[node] = f"no reply within {self.round_timeout:g} s"

@@ -10,12 +10,16 @@ update conventions:
 - per-class uploads are `class-ids` (integers, shape (k,)), `class-counts` (shape (k,)) and
   row arrays of shape (k, ...) whose state key holds a (num_classes, ...) array;
 - float arrays may travel as float16 where the state holds float32 (`transmit-dtype`).
+
+`outlier_updates` then compares the round's updates that passed with each other: a finite
+value can still be absurd (a class mean x 1e30), which only its size next to the genuine
+updates gives away (see its docstring for the bounds).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 
 import numpy as np
 
@@ -30,10 +34,12 @@ CLASS_COUNTS = "class-counts"
 RENAMED_ROWS = {"class-means": "prototypes"}
 # Class counts travel as float32, which holds every whole number up to 2**24 exactly.
 MAX_EXAMPLES = 2**24
-# Relative slack of the counts' sum: float16 rounds a whole number n to within n * 2**-11.
-COUNT_TOLERANCE = float(np.finfo(np.float16).eps)
+# float16 rounds a number x to within |x| * 2**-11: the slack of the counts' sum, and the
+# change of an array that travelled as float16 unchanged.
+FLOAT16_ROUNDING = float(np.finfo(np.float16).eps)
 INT64_BYTES = 8
 NAMES_SHOWN = 3  # keys named in a reason before "... (n in all)"
+MIN_VOTES = 3  # a median of fewer values is not a majority's: no outlier check
 
 
 class RejectedUpdate(ValueError):
@@ -58,9 +64,7 @@ def validate_update(
     _check_diagnostics(update)
     arrays = update.arrays
     _check_size(arrays, max_update_bytes(state, task))
-    layout = method.update_layout(state, task) if method is not None else None
-    if layout is None:
-        layout = conventional_layout(state, arrays)
+    layout = _layout(state, arrays, task, method)
     _check_keys(arrays, layout)
     if layout.rows:
         ids = _checked_class_ids(arrays[CLASS_IDS], task)
@@ -75,13 +79,110 @@ def validate_update(
         raise RejectedUpdate(problem)
 
 
+def outlier_updates(
+    state: State,
+    updates: Mapping[Hashable, ClientUpdate],
+    task: Task,
+    method: Method | None = None,
+    max_row_norm_ratio: float = 10.0,
+    max_change_ratio: float = 100.0,
+) -> dict[Hashable, str]:
+    """One-line reasons, by client, for the updates (each already passed `validate_update`)
+    whose size is implausible next to the others; 0 turns a check off.
+
+    - Feature rows (`UpdateLayout.feature_rows`: class means, prototypes) must have norms
+      within a factor `max_row_norm_ratio` of a reference m: m / ratio <= ||row|| <= m x
+      ratio. A class mean of a frozen backbone's features is at most the largest feature
+      norm, which the server does not know; rows of one feature space have norms of one
+      scale, and m estimates it: the median of one vote per update (the median norm of its
+      rows) and one per merged row of the state (classes with a count, validated before).
+    - Each dense array's change from the broadcast state, ||sent - state||, must be at most
+      `max_change_ratio` x the median change of that array across the updates (changes
+      within float16 rounding of the state never count).
+
+    A median needs genuine voters in the majority, so with fewer than three votes (one or
+    two updates, and no merged rows for the row check) nothing is an outlier.
+    """
+    if not updates:
+        return {}
+    layout = _layout(state, next(iter(updates.values())).arrays, task, method)
+    found: list[dict[Hashable, str]] = []
+    if max_row_norm_ratio:
+        found += [
+            _row_outliers(key, state, layout.rows[key], updates, max_row_norm_ratio)
+            for key in sorted(layout.feature_rows)
+        ]
+    if max_change_ratio and len(updates) >= MIN_VOTES:
+        found += [
+            _change_outliers(key, state[key], updates, max_change_ratio)
+            for key in sorted(layout.dense)
+            if state[key].dtype.kind == "f"
+        ]
+    reasons: dict[Hashable, str] = {}
+    for outliers in found:  # the first reason found for each client
+        for node, reason in outliers.items():
+            reasons.setdefault(node, reason)
+    return reasons
+
+
+def _row_outliers(key: str, state: State, target: str, updates, ratio: float) -> dict:
+    """Updates with a row of `key` whose norm is outside [m / ratio, m x ratio]."""
+    norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items()}
+    votes = [float(np.median(rows)) for rows in norms.values()]
+    if CLASS_COUNTS in state:
+        votes += _row_norms(state[target][state[CLASS_COUNTS] > 0]).tolist()
+    median = float(np.median(votes)) if len(votes) >= MIN_VOTES else 0.0
+    if median == 0:
+        return {}
+    low, high = median / ratio, median * ratio
+    reasons = {}
+    for node, rows in norms.items():
+        bad = rows[(rows < low) | (rows > high)]
+        if len(bad):
+            reasons[node] = (
+                f"key {key!r}: a row of norm {bad[0]:.3g} is outside [{low:.3g}, {high:.3g}], "
+                f"{ratio:g}x around the median norm {median:.3g}"
+            )
+    return reasons
+
+
+def _change_outliers(key: str, current: np.ndarray, updates, ratio: float) -> dict:
+    """Updates that change `key` by more than `ratio` x the median change (and by more than
+    float16 rounding)."""
+    current = current.astype(np.float64)
+    changes = {
+        node: float(np.linalg.norm(u.arrays[key].astype(np.float64) - current))
+        for node, u in updates.items()
+        if key in u.arrays  # a FedAvg update may leave a key out
+    }
+    median = float(np.median(list(changes.values()))) if changes else 0.0
+    bound = max(median * ratio, FLOAT16_ROUNDING * (float(np.linalg.norm(current)) + 1.0))
+    return {
+        node: f"key {key!r} changed by {change:.3g}, more than {ratio:g}x the median "
+        f"change {median:.3g}"
+        for node, change in changes.items()
+        if change > bound
+    }
+
+
+def _row_norms(rows: np.ndarray) -> np.ndarray:
+    flat = rows.astype(np.float64).reshape(len(rows), int(np.prod(rows.shape[1:])))
+    return np.sqrt((flat**2).sum(axis=1))
+
+
+def _layout(state: State, arrays: State, task: Task, method: Method | None) -> UpdateLayout:
+    layout = method.update_layout(state, task) if method is not None else None
+    return layout if layout is not None else conventional_layout(state, arrays)
+
+
 def conventional_layout(state: State, arrays: State) -> UpdateLayout:
     """The layout the update conventions give for `state`, read off the update's own keys.
 
     A state holding `class-counts` belongs to a per-class method: its updates must carry
     `class-ids` and `class-counts` (and `class-means` when the state holds `prototypes`);
     any other state key they send is a row array when the state holds one row per class
-    of it and the update does not send it whole, else a dense array. Any other state is
+    of it and the update does not send it whole, else a dense array; row arrays of more
+    than one value per class are feature rows. Any other state is
     merged by FedAvg: the update may send any of its keys, whole. Which dense keys must be
     present, and which arrays are rows when both shapes fit, only the method knows.
     """
@@ -100,7 +201,8 @@ def conventional_layout(state: State, arrays: State) -> UpdateLayout:
             dense.add(key)
         else:
             rows[key] = key
-    return UpdateLayout(rows, frozenset(dense))
+    features = {key for key, target in rows.items() if np.prod(state[target].shape[1:]) > 1}
+    return UpdateLayout(rows, frozenset(dense), frozenset(features))
 
 
 def max_update_bytes(state: State, task: Task) -> int:
@@ -218,7 +320,7 @@ def _check_counts(counts: np.ndarray, num_examples: int) -> None:
     if (counts != np.round(counts)).any():
         raise RejectedUpdate(f"key {CLASS_COUNTS!r} has a count that is not a whole number")
     total = float(counts.astype(np.float64).sum())
-    if abs(total - num_examples) > num_examples * COUNT_TOLERANCE:
+    if abs(total - num_examples) > num_examples * FLOAT16_ROUNDING:
         raise RejectedUpdate(
             f"key {CLASS_COUNTS!r} adds up to {total:g}, not num-examples {num_examples}"
         )
@@ -229,5 +331,6 @@ __all__ = [
     "RejectedUpdate",
     "conventional_layout",
     "max_update_bytes",
+    "outlier_updates",
     "validate_update",
 ]

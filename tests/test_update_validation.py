@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from strategies.update_validation import (
     RejectedUpdate,
     conventional_layout,
     max_update_bytes,
+    outlier_updates,
     validate_update,
 )
 
@@ -297,6 +299,27 @@ def test_genuine_updates_of_every_method_pass(name, tiny_config):
             validate_update(state, received, task, method)
 
 
+@pytest.mark.parametrize("name", ["prototypes", "multifcl-lora-per-task", "finetune"])
+def test_no_genuine_update_is_an_outlier(name, tiny_config):
+    """Three Dirichlet clients per task, float16 on the wire, two tasks merged in turn
+    (feature rows; rows and LoRA; dense weights. Every entry of METHOD_CONFIGS passed
+    this too, at seven times the cost)."""
+    config = tiny_config(**METHOD_CONFIGS[name], partition="dirichlet", transmit_dtype="float16")
+    experiment = load_experiment(config)
+    method, data = experiment.method, experiment.data
+    state = method.initial_state()
+    for task in list(data.stream)[:2]:
+        updates = {
+            client: over_the_wire(
+                method.train_client(state, data.client_train_set(task, client, 3), task, client),
+                "float16",
+            )
+            for client in range(3)
+        }
+        assert outlier_updates(state, updates, task, method) == {}
+        state = method.merge(state, list(updates.values()))
+
+
 def test_declared_multifcl_layout_rejects_partial_and_misshapen_uploads(tiny_config):
     config = tiny_config(method="multifcl", adapter_policy="per-task", use_text_init=False)
     method, rounds = genuine_rounds(config)
@@ -320,6 +343,66 @@ def test_declared_multifcl_layout_rejects_partial_and_misshapen_uploads(tiny_con
     frozen_set = copy.deepcopy(update_2)  # task 2 must not touch task 1's adapter set
     frozen_set.arrays[adapter_keys[0]] = state_2[adapter_keys[0]].copy()
     rejected(state_2, frozen_set, task_2, f"unknown key.*'{adapter_keys[0]}'")
+
+
+# --- bounded updates: finite but absurd next to the round's other updates ----------------------
+def rows_update(scale: float = 1.0, seed: int = 0, adapter_step: float = 0.1) -> ClientUpdate:
+    """A genuine-looking update of TASK_2 (rows of norm about 2, a small adapter step),
+    its class means multiplied by `scale`."""
+    update = per_class_update()
+    rng = np.random.default_rng(seed)
+    update.arrays["class-means"] = (1 + 0.1 * rng.random((2, 4), np.float32)) * np.float32(scale)
+    update.arrays["adapter/w"] = 1 + adapter_step * rng.standard_normal((2, 4)).astype(np.float32)
+    return update
+
+
+def test_a_row_far_from_the_median_row_norm_is_an_outlier_both_ways():
+    for scale, shown in ((1e30, r"2\.\d+e\+30"), (1e-30, r"2\.\d+e-30"), (11.0, r"2\d\.\d")):
+        updates = {"a": rows_update(seed=1), "b": rows_update(scale, seed=2), "c": rows_update()}
+        reasons = outlier_updates(per_class_state(), updates, TASK_2)
+        assert list(reasons) == ["b"]
+        assert re.fullmatch(
+            f"key 'class-means': a row of norm {shown} is outside \\[0.2\\d+, 2\\d.\\d\\], "
+            "10x around the median norm 2.\\d+",
+            reasons["b"],
+        ), reasons["b"]
+    honest = {"a": rows_update(seed=1), "b": rows_update(9.0, seed=2), "c": rows_update()}
+    assert outlier_updates(per_class_state(), honest, TASK_2) == {}
+
+
+def test_merged_rows_bound_a_round_with_too_few_clients_for_a_median():
+    pair = {"a": rows_update(), "b": rows_update(1e30, seed=2)}
+    assert outlier_updates(per_class_state(), pair, TASK_2) == {}  # no majority to judge by
+    state = per_class_state()
+    state["prototypes"][:3], state["class-counts"][:3] = 2.0, 5.0  # task 1's merged rows
+    assert list(outlier_updates(state, pair, TASK_2)) == ["b"]
+    assert list(outlier_updates(state, {"b": rows_update(1e30)}, TASK_2)) == ["b"]
+    assert outlier_updates(state, pair, TASK_2, max_row_norm_ratio=0) == {}  # off
+
+
+def test_a_dense_change_far_above_the_median_change_is_an_outlier():
+    updates = {node: rows_update(seed=seed) for seed, node in enumerate("abc")}
+    updates["d"] = rows_update(seed=3, adapter_step=1e3)
+    reasons = outlier_updates(per_class_state(), updates, TASK_2)
+    assert list(reasons) == ["d"]
+    assert re.fullmatch(
+        r"key 'adapter/w' changed by 4.\d+e\+03, more than 100x the median change 0.\d+",
+        reasons["d"],
+    ), reasons["d"]
+    assert outlier_updates(per_class_state(), updates, TASK_2, max_change_ratio=0) == {}
+    # a client whose data moved it 50x further than the median client is not an outlier
+    updates["d"] = rows_update(seed=3, adapter_step=5.0)
+    assert outlier_updates(per_class_state(), updates, TASK_2) == {}
+
+
+def test_float16_rounding_of_an_unchanged_array_is_never_an_outlier():
+    state = per_class_state()
+    state["adapter/w"] = np.full((2, 4), 1 / 3, np.float32)
+    updates = {node: rows_update(seed=seed) for seed, node in enumerate("abc")}
+    for update in updates.values():
+        update.arrays["adapter/w"] = state["adapter/w"].copy()
+    updates["a"].arrays["adapter/w"] = state["adapter/w"].astype(np.float16).astype(np.float32)
+    assert outlier_updates(state, updates, TASK_2) == {}
 
 
 # --- fault injection through the real strategy -----------------------------------------------
@@ -425,3 +508,36 @@ def test_rejected_replies_are_logged_and_the_state_equals_a_run_without_them(
         )
         assert (row["clients"], row["failures"]) == ("2", "1")
         assert row["train_loss"] == clean_row["train_loss"]
+
+
+def scale_class_means(message: Message, context) -> Message:
+    """Issue 18's finding: the genuine reply with every class mean x 1e30 (finite)."""
+    update = content_to_update(train(message, context).content)
+    update.arrays["class-means"] = update.arrays["class-means"] * np.float32(1e30)
+    return Message(update_to_content(update), reply_to=message)
+
+
+def test_class_means_x_1e30_from_one_of_three_clients_are_rejected(
+    tiny_config, tmp_path, monkeypatch
+):
+    """They used to be merged and took accuracy to chance; now the state, metrics and
+    losses equal those of a run without that client."""
+    common = {"method": "prototypes", "rounds_per_task": 1}
+    clean = tiny_config(**common, output_dir=tmp_path / "clean")
+    poisoned = tiny_config(**common, output_dir=tmp_path / "poisoned")
+    clean_metrics, clean_merges = run_recording_merges(
+        clean, faulty_partition(no_reply), monkeypatch
+    )
+    metrics, merges = run_recording_merges(
+        poisoned, faulty_partition(scale_class_means), monkeypatch
+    )
+    assert len(merges) == len(clean_merges) == 2
+    for clean_state, state in zip(clean_merges, merges):
+        assert all(state[k].tobytes() == value.tobytes() for k, value in clean_state.items())
+    assert metrics == clean_metrics
+    rows = list(csv.DictReader((poisoned.output_dir / "rounds.csv").open()))
+    for row in rows:
+        assert row["failed_clients"].startswith(
+            f"{FAULTY_NODE}: rejected: key 'class-means': a row of norm "
+        )
+        assert (row["clients"], row["failures"]) == ("2", "1")

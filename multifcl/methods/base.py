@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from multifcl.aggregation import MergeRule
 from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
@@ -43,11 +44,15 @@ class UpdateLayout:
 
     `rows` maps each per-class upload (one row per entry of `class-ids`, `class-counts`
     included) to the state key of the (num_classes, ...) array it updates; `dense` names
-    the state keys sent whole, in the state's shape and dtype.
+    the state keys sent whole, in the state's shape and dtype. `feature_rows` names the row
+    uploads that are vectors of a feature space (class means, prototypes): rows whose norms
+    are alike across classes and clients, so the server rejects one far from the others
+    (`max-row-norm-ratio`).
     """
 
     rows: Mapping[str, str] = field(default_factory=dict)
     dense: frozenset[str] = frozenset()
+    feature_rows: frozenset[str] = frozenset()
 
 
 class Method(ABC):
@@ -62,6 +67,8 @@ class Method(ABC):
         self.backbone = backbone
         self.class_names = class_names  # in stream order: the name of stream class c
         self.num_classes = len(class_names)
+        # how `merge` combines the clients' values of a row or array (`robust-merge`)
+        self.merge_rule = MergeRule(config.robust_merge, config.robust_trim_fraction)
 
     @abstractmethod
     def initial_state(self) -> State:

@@ -158,7 +158,8 @@ class FinetuneMethod(Method):
         return UpdateLayout(dense=frozenset(self._initial_state))
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
-        return weighted_average([u.arrays for u in updates], [u.num_examples for u in updates])
+        weights = [u.num_examples for u in updates]
+        return weighted_average([u.arrays for u in updates], weights, self.merge_rule, state)
 
     def classifier(self, state: State) -> nn.Module:
         self._load(state)

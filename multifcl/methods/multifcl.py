@@ -375,8 +375,9 @@ class MultiFCLMethod(Method):
 
     # --- server ----------------------------------------------------------------------------
     def update_layout(self, state: State, task: Task) -> UpdateLayout:
-        """Rows of every per-class array (all but adapters and ETF projections); whole ETF
-        projections, and the adapters of the task's trainable set."""
+        """Rows of every per-class array (all but adapters and ETF projections), the
+        prototypes among them feature rows; whole ETF projections, and the adapters of the
+        task's trainable set."""
         trainable = self._trainable_set(task)
         sent_whole = set(self._adapter_parameters([] if trainable is None else [trainable]))
         shared = set(self._adapter_parameters(range(self.policy.num_sets)))
@@ -384,7 +385,8 @@ class MultiFCLMethod(Method):
             sent_whole |= set(self._projection_parameters())
             shared |= set(self._projection_parameters())
         rows = {key: key for key in state if key not in shared}
-        return UpdateLayout(rows, frozenset(sent_whole))
+        features = {prototype_key(m) for m in range(len(self.taps))} & set(rows)
+        return UpdateLayout(rows, frozenset(sent_whole), frozenset(features))
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         merged = dict(state)
@@ -395,13 +397,15 @@ class MultiFCLMethod(Method):
         else:
             for m in range(len(self.taps)):
                 key = prototype_key(m)
+                rows = [u.arrays[key] for u in updates]
                 merged[key], merged[COUNTS] = merge_class_rows(
-                    state[key], state[COUNTS], ids, [u.arrays[key] for u in updates], counts
+                    state[key], state[COUNTS], ids, rows, counts, self.merge_rule
                 )
+        weights = [u.num_examples for u in updates]
         for prefix in (ADAPTER_PREFIX, PROJECTION_PREFIX):  # FedAvg, sample-weighted
             arrays = [{k: v for k, v in u.arrays.items() if k.startswith(prefix)} for u in updates]
             if arrays[0]:
-                merged.update(weighted_average(arrays, [u.num_examples for u in updates]))
+                merged.update(weighted_average(arrays, weights, self.merge_rule, state))
         return merged
 
     def classifier(self, state: State) -> nn.Module:

@@ -162,8 +162,11 @@ class PiLoRAMethod(MultiFCLMethod):
         entropies = [u.arrays[ENTROPY] for u in updates]
         confidence = [n * np.exp(-h[:, 0].astype(np.float64)) for n, h in zip(counts, entropies)]
         rows = [u.arrays[PROTOTYPES] for u in updates]
+        rule = self.merge_rule
         merged[PROTOTYPES], _ = merge_class_rows(
-            state[PROTOTYPES], state[COUNTS], ids, rows, confidence
+            state[PROTOTYPES], state[COUNTS], ids, rows, confidence, rule
         )
-        merged[ENTROPY], _ = merge_class_rows(state[ENTROPY], state[COUNTS], ids, entropies, counts)
+        merged[ENTROPY], _ = merge_class_rows(
+            state[ENTROPY], state[COUNTS], ids, entropies, counts, rule
+        )
         return merged

@@ -65,7 +65,8 @@ class PrototypesMethod(Method):
         return [self.backbone.encode(images, self.config.batch_size)]
 
     def update_layout(self, state: State, task: Task) -> UpdateLayout:
-        return UpdateLayout(rows={"class-means": "prototypes", "class-counts": "class-counts"})
+        rows = {"class-means": "prototypes", "class-counts": "class-counts"}
+        return UpdateLayout(rows=rows, feature_rows=frozenset({"class-means"}))
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
         prototypes, counts = merge_class_rows(
@@ -74,6 +75,7 @@ class PrototypesMethod(Method):
             [u.arrays["class-ids"] for u in updates],
             [u.arrays["class-means"] for u in updates],
             [u.arrays["class-counts"] for u in updates],
+            self.merge_rule,
         )
         return {"prototypes": prototypes, "class-counts": counts}
 
