@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from multifcl.config import ConfigError
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.optim.local_training import EXTRA_GROUP, LocalTraining
 from multifcl.optim.tempbalance import TempBalance, hill_alpha, layer_parameter_groups
 
 
@@ -156,3 +157,17 @@ def test_no_eligible_layer_is_a_one_line_error_naming_lr_schedule():
         TempBalance(adapters_and_prototypes)
     message = str(caught.value)
     assert "'lr-schedule'" in message and "\n" not in message
+
+
+def test_local_training_balances_extra_modules_as_layers_and_keeps_tensors_at_one():
+    config = ExperimentConfig(lr_schedule="tempbalance")
+    projections = [nn.Linear(64, 64) for _ in range(4)]  # ETF projections beside the module
+    prototypes = nn.Parameter(torch.randn(10, 64))
+    training = LocalTraining(config, nn.Module(), 1, extra=[*projections, prototypes])
+    layers = {group["layer"]: group for group in training.optimizer.param_groups}
+    assert [layers[f"{i}"]["params"][0] for i in (1, 2, 3, 4)] == [p.weight for p in projections]
+    assert layers[EXTRA_GROUP]["params"] == [prototypes]
+    assert set(training.balance.eligible) == {"2", "3"}  # first and last excluded
+    # extra layers none of which is eligible: plain cosine, as when only prototypes train
+    small = LocalTraining(config, nn.Module(), 1, extra=[nn.Linear(8, 8), prototypes])
+    assert small.balance is None

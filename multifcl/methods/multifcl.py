@@ -247,7 +247,7 @@ class MultiFCLMethod(Method):
     def _train_etf_client(self, state, data, labels, task, trainable_set, features, seed):
         """ETF experts: the vertices are fixed; projections (every task) and adapters train."""
         self._load_projections(state)
-        projections = list(self._projection_parameters().values())
+        projections = [head.projection for head in self.etf_heads]  # TempBalance: layers
         loss, step_seconds = self._train(
             None, features, data, labels, task, trainable_set, seed, extra=projections
         )
