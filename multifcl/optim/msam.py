@@ -59,13 +59,13 @@ class MomentumPerturbedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.move_to_unperturbed()
+        descents = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            if params:
-                self._descend(group, params)
-        self.move_to_perturbed()
+            descents.append((params, self._descend(group, params) if params else 0.0))
+        self._perturb(descents)
         return loss
 
     @torch.no_grad()
@@ -75,7 +75,7 @@ class MomentumPerturbedOptimizer(Optimizer):
             scale = group[PERTURBATION_SCALE]
             params, directions = self._with_direction(group)
             if scale is not None and params:
-                torch._foreach_add_(params, torch._foreach_mul(directions, scale))
+                torch._foreach_addcmul_(params, directions, [scale] * len(params))
             group[PERTURBATION_SCALE] = None
 
     @torch.no_grad()
@@ -84,16 +84,31 @@ class MomentumPerturbedOptimizer(Optimizer):
 
         Groups already perturbed stay as they are.
         """
+        self._perturb([([], 0.0)] * len(self.param_groups))
+
+    def _perturb(self, descents: list[tuple[list[torch.Tensor], float]]) -> None:
+        """w <- w - scale_g d for every unperturbed group, and - lr_g d too for the group's
+        parameters that `_descend` left to move along d (one pass over the weights)."""
         pairs = [self._with_direction(group) for group in self.param_groups]
         directions = [direction for _, group_directions in pairs for direction in group_directions]
         if not directions:
             return
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions)))
-        for group, (params, group_directions) in zip(self.param_groups, pairs, strict=True):
+        groups = zip(self.param_groups, pairs, descents, strict=True)
+        for group, (params, group_directions), (descended, rate) in groups:
             if group[PERTURBATION_SCALE] is not None or not params:
                 continue
             scale = group["rho"] / (norm + NORM_EPS)
-            torch._foreach_sub_(params, torch._foreach_mul(group_directions, scale))
+            moving = {id(p) for p in descended} if rate else set()
+            for along, coefficient in ((True, scale + rate), (False, scale)):
+                chosen = [i for i, p in enumerate(params) if (id(p) in moving) == along]
+                if chosen:
+                    torch._foreach_addcmul_(
+                        [params[i] for i in chosen],
+                        [group_directions[i] for i in chosen],
+                        [coefficient] * len(chosen),
+                        value=-1.0,
+                    )
             group[PERTURBATION_SCALE] = scale
 
     def _with_direction(
@@ -114,8 +129,12 @@ class MomentumPerturbedOptimizer(Optimizer):
                 column.append(state[key])
         return columns
 
-    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-        """The base optimizer's step of `params` (the group's with a gradient), unperturbed."""
+    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> float:
+        """The base optimizer's step of `params` (the group's with a gradient), unperturbed.
+
+        Returns a rate r when the step is w <- w - r d and was left to the perturbation pass
+        (which then moves those parameters by -(r + scale) d at once), else 0.0.
+        """
         raise NotImplementedError
 
 
@@ -144,14 +163,14 @@ class MSAM(MomentumPerturbedOptimizer):
         defaults = {"lr": lr, "momentum": momentum, "rho": rho, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> float:
         gradients = [p.grad for p in params]
         if group["weight_decay"] != 0:
             gradients = torch._foreach_add(gradients, params, alpha=group["weight_decay"])
         (velocities,) = self._states(params, (self.direction_key,))
         torch._foreach_mul_(velocities, group["momentum"])
         torch._foreach_add_(velocities, gradients)
-        torch._foreach_add_(params, velocities, alpha=-group["lr"])
+        return group["lr"]  # w <- w - lr v, folded into the perturbation pass
 
 
 class MSAMAdamW(MomentumPerturbedOptimizer):
@@ -181,7 +200,7 @@ class MSAMAdamW(MomentumPerturbedOptimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "rho": rho, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> float:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         gradients = [p.grad for p in params]
@@ -201,3 +220,4 @@ class MSAMAdamW(MomentumPerturbedOptimizer):
         torch._foreach_add_(denominators, group["eps"])
         step_sizes = [-lr / (1 - beta1**step) for step in steps]
         torch._foreach_addcdiv_(params, first_moments, denominators, step_sizes)
+        return 0.0
