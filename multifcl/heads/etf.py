@@ -100,7 +100,12 @@ class ETFHead(nn.Module):
 
 class _BatchNorm(nn.BatchNorm1d):
     """BatchNorm1d that falls back to its running statistics on a batch of one sample
-    (a last partial batch), where batch statistics do not exist."""
+    (a last partial batch), where batch statistics do not exist. Its running statistics are
+    exponential averages (momentum 0.1), so it keeps no batch counter to send."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.num_batches_tracked = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.training and features.shape[0] == 1:
