@@ -287,11 +287,8 @@ def client_compute_seconds(run_config: dict, clients: int, base: Path) -> tuple[
 
 
 def section_flower(args, report) -> dict:
-    from multifcl.local_flower import LocalFlower, superlink_is_running
+    from multifcl.local_flower import LocalFlower
 
-    if superlink_is_running():
-        report("## 4. skipped: a SuperLink already listens on the local port")
-        return {}
     results = {}
     for clients in args.flwr_clients:
         base = Path(tempfile.mkdtemp(prefix="multifcl-perf-"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from multifcl.config import ExperimentConfig
@@ -17,6 +17,7 @@ from multifcl.metrics.resources import (
     release_cached_gpu_memory,
 )
 from multifcl.seeding import derive_seed
+from server.handshake import CLAIM, NUM_PARTITIONS, PARTITION_ID
 from strategies.records import ARRAYS, CONFIG, record_to_state, update_to_content
 
 app = ClientApp()
@@ -37,13 +38,43 @@ def _this_machines_run_config(context: Context) -> tuple:
     return tuple(sorted(run_config.items()))
 
 
+def _partition(context: Context) -> tuple[int, int]:
+    """This node's (partition-id, num-partitions) from its node config, or one clear line."""
+    try:
+        return int(context.node_config[PARTITION_ID]), int(context.node_config[NUM_PARTITIONS])
+    except (KeyError, TypeError, ValueError):
+        given = {key: context.node_config.get(key) for key in (PARTITION_ID, NUM_PARTITIONS)}
+        raise ValueError(
+            f"this SuperNode needs integer {PARTITION_ID} and {NUM_PARTITIONS} in its "
+            f"--node-config, got {given}"
+        ) from None
+
+
+@app.query("handshake")
+def handshake(msg: Message, context: Context) -> Message:
+    """Before the first round: this node's partition and the fingerprint of its data."""
+    client, num_clients = _partition(context)
+    experiment = load_experiment(_parse_config(_this_machines_run_config(context)))
+    claim = {
+        PARTITION_ID: client,
+        NUM_PARTITIONS: num_clients,
+        **experiment.data.fingerprint.as_record(),
+    }
+    return Message(RecordDict({CLAIM: ConfigRecord(claim)}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     config = _parse_config(_this_machines_run_config(context))
-    experiment = load_experiment(config)
-    client = int(context.node_config["partition-id"])
-    num_clients = int(context.node_config["num-partitions"])
+    client, num_clients = _partition(context)
     round_config = msg.content[CONFIG]
+    proved = round_config.get(PARTITION_ID, client)
+    if proved != client:
+        raise ValueError(
+            f"this SuperNode holds {PARTITION_ID}={client} now but proved {proved} at the "
+            "handshake: its node config changed during the run (resume the run instead)"
+        )
+    experiment = load_experiment(config)
     task = experiment.data.stream.task(int(round_config["task"]))
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)

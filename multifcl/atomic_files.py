@@ -1,5 +1,7 @@
 """Files replaced atomically: written to a temporary file in the same folder, then renamed
-over the target, so a reader (or a run killed mid-write) never sees half a file."""
+over the target, so a reader (or a run killed mid-write) never sees half a file. The file
+gets the mode `open()` would give a new file (0o666 less the umask), not the temporary
+file's private 0o600."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ def replace_atomically(
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             if durable:
@@ -34,6 +37,13 @@ def replace_atomically(
 def replace_text_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8)."""
     replace_atomically(path, lambda stream: stream.write(text.encode()))
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: restored at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 SUBCOMMANDS = {
     "analyze": "multifcl.analysis.command",
+    "check-config": "multifcl.check_config",
     "compare": "multifcl.compare",
     "report": "multifcl.reporting.report",
+    "run": "multifcl.local_run",
 }
 
 DESCRIPTION = "Federated class-incremental learning runs: compare, report, analyze."

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -29,11 +30,13 @@ from typing import Self
 
 from multifcl.cli import CommandError
 from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.interrupts import signals_held, sigterm_as_interrupt
 from multifcl.reporting import figures
 from multifcl.reporting.comparison_table import comparison_rows, markdown_table, write_csv
 from multifcl.reporting.run_results import RunResults, is_finished
 from multifcl.results.resume import config_differences
 from multifcl.results.run_directory import FORMULAS
+from multifcl.results.run_lock import RunLock
 
 SUMMARY = "run methods or presets over seeds with flwr run, then tabulate and plot them"
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml and its modules
@@ -156,8 +159,9 @@ def run_comparison(
         if run.name in done_before:
             echo(f"{prefix}: finished before, skipped")
             continue
-        if run.run_dir.exists():
-            moved = _move_aside(run.run_dir, plan.out / "unfinished")
+        if run.run_dir.exists():  # refused while another process still runs it
+            with RunLock(run.run_dir, None, where=f"{prefix}: the unfinished leftover"):
+                moved = _move_aside(run.run_dir, plan.out / "unfinished")
             echo(f"{prefix}: moved the unfinished leftover to {moved}")
         echo(f"{prefix}: running -> {run.run_dir} (elapsed {_clock(time.monotonic() - started)})")
         run_started = time.monotonic()
@@ -194,22 +198,30 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
     markdown = plan.out / "comparison.md"
     markdown.write_text(header + markdown_table(rows))
     written = [markdown, write_csv(rows, plan.out / "comparison.csv")]
+    methods = {label: runs[0].config["method"] for label, runs in groups.items()}  # colours
+    setting = figures.data_and_backbone([r.config for runs in groups.values() for r in runs])
     written.append(
         figures.stage_curves(
             {label: [r.metrics["stage_accuracy"] for r in runs] for label, runs in groups.items()},
             plan.out / "accuracy_curves.png",
+            methods,
+            setting,
         )
     )
     written.append(
         figures.last_bars(
             {label: [r.metrics["last"] for r in runs] for label, runs in groups.items()},
             plan.out / "last_accuracy.png",
+            methods,
+            setting,
         )
     )
     written.append(
         figures.bytes_per_round(
             {label: [r.bytes_per_round() for r in runs] for label, runs in groups.items()},
             plan.out / "bytes_per_round.png",
+            methods,
+            setting,
         )
     )
     return written
@@ -233,19 +245,18 @@ class FlowerLauncher:
 
     def __exit__(self, *exc) -> None:
         if self._flower is not None:
-            self._flower.close()
+            with signals_held():  # a second Ctrl-C must not leave the SuperLink running
+                self._flower.close()
 
     def __call__(self, run: PlannedRun) -> None:
-        from multifcl.local_flower import LocalFlower, superlink_is_running
+        from multifcl.local_flower import LocalFlower, PortInUse
 
         if self._flower is None:
-            if superlink_is_running():
-                raise CommandError(
-                    "a SuperLink already listens on the local port; end it first (it would be "
-                    "reused with the environment it was started with)"
-                )
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._flower = LocalFlower(workdir=self.workdir)
+            try:
+                self._flower = LocalFlower(workdir=self.workdir)
+            except (PortInUse, ValueError) as error:
+                raise CommandError(str(error)) from None
         try:
             result = self._flower.run(self.app_dir, run.overrides_text(), self.federation)
         except RuntimeError as error:
@@ -394,6 +405,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app folder")
 
 
+class Interrupted(CommandError):
+    """SIGINT or SIGTERM: the runs' processes are ended; the same command continues."""
+
+    exit_status = 130
+
+
+def continue_command(args: argparse.Namespace) -> str:
+    """The command line that continues this comparison (finished runs are skipped)."""
+    words = ["multifcl", "compare", "--methods", *args.methods]
+    words += ["--seeds", *map(str, args.seeds), "--out", str(args.out)]
+    for option, value in (("--overrides", args.overrides), ("--federation", args.federation)):
+        if value:
+            words += [option, value]
+    if args.app.resolve() != APP_DIR:
+        words += ["--app", str(args.app)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     plan = plan_comparison(
         args.methods, args.seeds, args.out, args.overrides, args.federation, args.app.resolve()
@@ -401,8 +430,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{len(plan.runs)} runs ({len(plan.labels)} rows x {len(plan.seeds)} seeds) -> {plan.out}"
     )
-    with FlowerLauncher(plan, args.app.resolve()) as launch:
-        written = run_comparison(plan, launch)
+    try:
+        with sigterm_as_interrupt(), FlowerLauncher(plan, args.app.resolve()) as launch:
+            written = run_comparison(plan, launch)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the runs' processes are ended. Continue with: {continue_command(args)}"
+        ) from None
     print()
     print((plan.out / "comparison.md").read_text())
     for path in written:

@@ -7,11 +7,14 @@ Errors are one line and name the key and the value at fault.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from multifcl.errors import ConfigError
 
 PARTITIONS = ("dirichlet", "quality", "iid")
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,10 +33,6 @@ LOGGERS = ("none", "tensorboard")
 PRECISIONS = ("fp32", "bf16")
 TRANSMIT_DTYPES = ("float32", "float16")
 EVAL_CANONICALIZATIONS = ("none", "equizero")
-
-
-class ConfigError(ValueError):
-    """A run-config value is invalid; the message names the key and the value."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,7 @@ class ExperimentConfig:
     output_dir: Path | None = None
     logger: str = "none"  # "tensorboard": also write event files under <output-dir>/tensorboard
     device: str = "auto"
+    torch_threads: int = 1  # CPU threads per process (client or server); results depend on it
     image_size: int = 0  # 0: the backbone's own input size
     # Performance (README "Performance"): none of these changes results, except bf16/float16
     precision: str = "fp32"  # "bf16": backbone passes under bf16 autocast
@@ -105,6 +105,7 @@ class ExperimentConfig:
     min_fit_fraction: float = 0.5  # share of the run's clients whose replies must be merged
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     expected_clients: int = 0  # 0: any federation size; else the run refuses another size
+    allow_missing_partitions: bool = False  # true: run when no node holds some partitions
     resume_from: Path | None = None  # a run folder to continue from its last checkpoint
     save_task_checkpoints: bool = False  # keep task-checkpoints/task-<t>.npz after each task
     # Test-time canonicalization (README "Looking inside a run")
@@ -139,7 +140,7 @@ class ExperimentConfig:
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
-        positive += ("round-timeout",)
+        positive += ("round-timeout", "torch-threads")
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
@@ -149,6 +150,12 @@ class ExperimentConfig:
             if getattr(self, _attribute(key)) < 0:
                 raise ConfigError(
                     f"run config key '{key}': must be >= 0, got {getattr(self, _attribute(key))}"
+                )
+        for key in ("seed", "class-order-seed"):
+            if not 0 <= getattr(self, _attribute(key)) < 2**32:
+                raise ConfigError(
+                    f"run config key '{key}': must be in [0, 2**32), "
+                    f"got {getattr(self, _attribute(key))}"
                 )
         if self.tb_max < self.tb_min:
             raise ConfigError(
@@ -183,7 +190,7 @@ class ExperimentConfig:
         for key, value in run_config.items():
             name = _attribute(key)
             if name not in FIELD_TYPES:
-                raise ConfigError(f"run config key {key!r}: unknown key")
+                raise ConfigError(f"run config key {key!r}: unknown key{_nearest_key(key)}")
             values[name] = _convert(key, value, FIELD_TYPES[name])
         return cls(**values)
 
@@ -214,6 +221,13 @@ def _attribute(key: str) -> str:
     return key.replace("-", "_")
 
 
+def _nearest_key(key: str) -> str:
+    """` (did you mean 'x'?)` for the closest known key, or nothing when none is close."""
+    known = [name.replace("_", "-") for name in FIELD_TYPES]
+    close = difflib.get_close_matches(key.replace("_", "-"), known, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _convert(key: str, value: Any, type_name: str) -> Any:
     """Turn a run-config value into the field's type, with a one-line error when it can't."""
     if type_name == "Path | None":
@@ -225,9 +239,11 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
             return Path(value).expanduser().resolve()
         except (OSError, RuntimeError, ValueError) as error:  # e.g. an embedded NUL byte
             raise ConfigError(f"run config key '{key}': invalid path {value!r}: {error}") from None
-    if type_name == "int | None":
+    if type_name == "int | None":  # a cap: 0 means none
         number = _convert(key, value, "int")
-        return number if number > 0 else None
+        if number < 0:
+            raise ConfigError(f"run config key '{key}': must be >= 0 (0 = no cap), got {number}")
+        return number or None
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():

@@ -7,15 +7,23 @@ With `cache-features` on and a method whose encoder is frozen under the state
 (`Method.feature_split`), each task's test features are computed once per encoder
 fingerprint and reused at every later evaluation, so the cost per evaluation grows with
 the new task only; a changed encoder (new adapter weights) gets new features.
+
+A long evaluation logs where it is every PROGRESS_INTERVAL_S seconds (from a timer thread,
+so a long feature pass or equizero is covered too); the results do not depend on it.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from logging import INFO
+from typing import Self
 
 import torch
+from flwr.common.logger import log
 
 from multifcl.analysis.equizero import equizero_accuracies
 from multifcl.backbones.host_transfer import to_device
@@ -34,6 +42,8 @@ class StageAccuracy:
     cil_all_seen: float  # sample-weighted over all seen classes (what PyCIL/PILOT print)
     cil_equizero: list[float] | None = None  # with eval-canonicalize = "equizero"
 
+
+PROGRESS_INTERVAL_S = 30.0
 
 _CACHES: weakref.WeakKeyDictionary[Method, FeatureCache] = weakref.WeakKeyDictionary()
 
@@ -61,12 +71,27 @@ def evaluate_seen_tasks(
     if split is not None:
         cache = cache if cache is not None else evaluation_cache(method)
         cache.keep_only(lambda key: key.encoder == split.encoder)
+    with EvaluationProgress(current.index + 1, data.stream.num_tasks) as progress:
+        return _evaluate(method, state, data, current, split, cache, progress)
+
+
+def _evaluate(
+    method: Method,
+    state: State,
+    data: FederatedStream,
+    current: Task,
+    split,  # Method.feature_split's result, None to score pixels
+    cache: FeatureCache | None,
+    progress: EvaluationProgress,
+) -> StageAccuracy:
+    """evaluate_seen_tasks' work, reporting to `progress` as it goes."""
     seen = current.seen_classes.stop
     cil, til, correct_total, count_total = [], [], 0, 0
     for index in range(current.index + 1):
         task = data.stream.task(index)
         correct_cil = correct_til = 0
         test_set = data.test_set(task)
+        progress.task(index + 1, len(test_set))
         if split is None:
             scored = _pixel_logits(method, state, test_set)
         else:
@@ -80,6 +105,7 @@ def evaluate_seen_tasks(
             correct_cil += int((logits[:, :seen].argmax(1) == labels).sum())
             task_logits = logits[:, task.classes.start : task.classes.stop]
             correct_til += int((task_logits.argmax(1) + task.classes.start == labels).sum())
+            progress.scored(len(labels))
         total = max(len(test_set), 1)
         cil.append(100.0 * correct_cil / total)
         til.append(100.0 * correct_til / total)
@@ -87,6 +113,7 @@ def evaluate_seen_tasks(
         count_total += len(test_set)
     equizero = None
     if method.config.eval_canonicalize == "equizero":  # transformed inputs: no cache
+        progress.in_equizero = True
         test_sets = [data.test_set(data.stream.task(i)) for i in range(current.index + 1)]
         equizero = equizero_accuracies(
             method.classifier(state),
@@ -97,6 +124,48 @@ def evaluate_seen_tasks(
             method.config.batch_size,
         )
     return StageAccuracy(cil, til, 100.0 * correct_total / max(count_total, 1), equizero)
+
+
+class EvaluationProgress:
+    """Logs, every PROGRESS_INTERVAL_S while the block runs, which test set is being scored
+    and how many of its samples are done (nothing for an evaluation shorter than that)."""
+
+    def __init__(self, after_task: int, num_tasks: int) -> None:
+        self.after = f"evaluation after task {after_task}/{num_tasks}"
+        self.seen_tasks = after_task
+        self.in_equizero = False  # past the plain scoring, in the transformed passes
+        self.current, self.size, self.done = 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._report, daemon=True, name="eval-progress")
+
+    def task(self, number: int, size: int) -> None:
+        self.current, self.size, self.done = number, size, 0
+
+    def scored(self, count: int) -> None:
+        self.done += count
+
+    def __enter__(self) -> Self:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _report(self) -> None:
+        while not self._stop.wait(PROGRESS_INTERVAL_S):
+            log(INFO, "%s: %s", self.after, self.describe())
+
+    def describe(self) -> str:
+        seconds = time.monotonic() - self._started
+        if self.in_equizero:
+            where = f"equizero over the {self.seen_tasks} seen test sets"
+        else:
+            where = (
+                f"test set {self.current}/{self.seen_tasks}, {self.done}/{self.size} samples scored"
+            )
+        return f"{where}, {seconds:.0f} s so far"
 
 
 def _pixel_logits(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from multifcl.backbones import Backbone, load_backbone
+from multifcl.compute_threads import use_threads
 from multifcl.config import ExperimentConfig
 from multifcl.data import FederatedStream, load_splits
 from multifcl.data.sources import check_data_present
@@ -24,6 +25,7 @@ class Experiment:
 @lru_cache(maxsize=2)
 def load_experiment(config: ExperimentConfig) -> Experiment:
     """Build (or reuse, within this process) the experiment for `config`."""
+    use_threads(config.torch_threads)
     check_data_present(config)  # a missing data set is named before a large model loads
     backbone = load_backbone(config.backbone, config.device, config.image_size, config.precision)
     data = FederatedStream(load_splits(config, backbone.image_size), config)

@@ -23,7 +23,10 @@ from multifcl.results.checkpoints import (
     save_client_states,
     save_task_state,
 )
-from multifcl.results.resume import check_same_clients, open_resumable_run
+from multifcl.results.resume import check_same_clients, open_resumable_run, resume_folder
+from multifcl.results.run_directory import new_run_id, saved_run_id
+from multifcl.results.run_lock import RunLock
+from server.handshake import Federation, FederationGrid, handshake
 from strategies import ContinualStrategy
 from strategies.continual import RoundFailed
 from strategies.records import record_to_state, state_to_record
@@ -34,17 +37,26 @@ NODE_SETTLE_SECONDS = 1.0
 
 def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path) -> dict:
     """Run the whole task stream over the grid's nodes, or continue the run in `resume-from`
-    from its last checkpoint; return the final metrics."""
-    run_dir, experiment, num_clients, checkpoint = _start_or_resume(grid, config, base_dir)
+    from its last checkpoint; return the final metrics. The run folder is locked against
+    any other run until this returns or raises."""
+    with _run_lock(config, base_dir) as lock:  # refuses a folder another run is using
+        return _run(grid, config, lock.folder, lock.run_id)
+
+
+def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None) -> dict:
+    run_dir, experiment, federation, checkpoint = _start_or_resume(grid, config, folder, run_id)
+    grid = FederationGrid(grid, federation)  # only the nodes that passed the handshake
+    num_clients = len(federation.partitions)
     stream = experiment.data.stream
     log(
         INFO,
-        "multifcl: %s on %s, %d tasks x %d rounds, %d clients -> %s",
+        "multifcl: %s on %s, %d tasks x %d rounds, %d clients (of %d partitions) -> %s",
         config.method,
         config.dataset,
         stream.num_tasks,
         config.rounds_per_task,
         num_clients,
+        federation.num_partitions,
         run_dir.path,
     )
 
@@ -132,22 +144,33 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
     return metrics
 
 
+def _run_lock(config: ExperimentConfig, base_dir: Path) -> RunLock:
+    """The lock on the run's folder: `resume-from` and its run's id, or a new run's."""
+    if config.resume_from is not None:
+        folder = resume_folder(config)
+        return RunLock(folder, saved_run_id(folder), "run config key 'resume-from'")
+    return RunLock(config.output_dir or default_output_dir(config, base_dir), new_run_id())
+
+
 def _start_or_resume(
-    grid: Grid, config: ExperimentConfig, base_dir: Path
-) -> tuple[RunDirectory, Experiment, int, Checkpoint]:
-    """The run folder, the experiment, the number of clients and the checkpoint to go on
-    from: a new run's initial state, or the last checkpoint of the run in `resume-from`
-    (whose folder, config and checkpoint are checked before the backbone and data load)."""
+    grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None
+) -> tuple[RunDirectory, Experiment, Federation, Checkpoint]:
+    """The run folder, the experiment, the federation (after the handshake, which every
+    start and resume does) and the checkpoint to go on from: a new run's initial state, or
+    the last checkpoint of the run in `resume-from` (whose folder, config and checkpoint are
+    checked before the backbone and data load)."""
     saved_config, checkpoint = None, None
     if config.resume_from is not None:
         folder, saved_config, checkpoint = open_resumable_run(config, _warn)
         run_dir = RunDirectory(folder, config.logger, resume=True)
     else:
-        output_dir = config.output_dir or default_output_dir(config, base_dir)
-        run_dir = RunDirectory(output_dir, config.logger)  # refuses a folder that holds a run
-    num_clients = _wait_for_nodes(grid)
-    _check_expected_clients(config, num_clients)
+        run_dir = RunDirectory(folder, config.logger, run_id=run_id)  # refuses another run's
+    _check_expected_clients(config, _wait_for_nodes(grid))
     experiment = load_experiment(config)
+    federation = handshake(
+        grid, experiment.data.fingerprint, config.round_timeout, config.allow_missing_partitions
+    )
+    num_clients = federation.num_partitions  # the data is split this many ways
     stream = experiment.data.stream
     experiment.data.check_clients(num_clients)
     experiment.data.check_readable()
@@ -162,7 +185,7 @@ def _start_or_resume(
             checkpoint.file_name,
             _next_step(checkpoint, config.rounds_per_task, stream.num_tasks),
         )
-        return run_dir, experiment, num_clients, checkpoint
+        return run_dir, experiment, federation, checkpoint
     run_dir.start(
         config,
         {
@@ -172,7 +195,7 @@ def _start_or_resume(
             "class-names": stream.class_names,
         },
     )
-    run_dir.write_partition(experiment.data, num_clients)
+    run_dir.write_partition(experiment.data, num_clients, federation.held)
     checkpoint = Checkpoint(
         step=0,
         task=0,
@@ -183,9 +206,10 @@ def _start_or_resume(
         cil_all_seen=[],
         rounds_logged=0,
         rng=RngStates.capture(),
+        run_id=run_dir.run_id,
     )
     checkpoint.save(run_dir.path)
-    return run_dir, experiment, num_clients, checkpoint
+    return run_dir, experiment, federation, checkpoint
 
 
 class _RoundLog:

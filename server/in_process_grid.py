@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -18,11 +18,20 @@ class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp handlers called in this process (no Ray, no SuperLink)."""
 
     def __init__(
-        self, handler: Callable[[Message, Context], Message], run_config: dict, num_nodes: int
+        self,
+        handler: Callable[[Message, Context], Message],
+        run_config: dict,
+        num_nodes: int,
+        query: Callable[[Message, Context], Message] | None = None,
     ):
+        """`handler` answers train messages; `query` (default: the ClientApp's handshake)
+        answers query messages."""
+        if query is None:
+            from clients.client_app import handshake as query
         # messages need the run/node identity that a real runtime would set
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
         self.handler = handler
+        self.query = query
         self.contexts = {
             1000 + node: Context(
                 run_id=1,
@@ -33,7 +42,8 @@ class InProcessGrid(Grid):
             )
             for node in range(num_nodes)
         }
-        self.sent: list[Message] = []
+        self.sent: list[Message] = []  # the train messages
+        self.queried: list[Message] = []  # the query messages (the handshake)
         self._ids = itertools.count()
 
     def set_run(self, run) -> None:  # pragma: no cover - not used in-process
@@ -61,10 +71,11 @@ class InProcessGrid(Grid):
         replies = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
-            self.sent.append(message)
+            query = message.metadata.message_type.startswith(MessageType.QUERY)
+            (self.queried if query else self.sent).append(message)
             context = self.contexts[message.metadata.dst_node_id]
             try:
-                replies.append(self.handler(message, context))
+                replies.append((self.query if query else self.handler)(message, context))
             except Exception as error:  # noqa: BLE001 - Flower turns any ClientApp error into a reply
                 replies.append(Message(Error(code=0, reason=repr(error)), reply_to=message))
         return replies

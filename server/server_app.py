@@ -1,4 +1,8 @@
-"""The ServerApp: `flwr run .` starts here."""
+"""The ServerApp: `flwr run .` starts here.
+
+The run config is parsed before the task loop and its heavy imports; a bad value ends the
+run `failed` with one line naming the key (`flwr list` shows it as the run's details).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,18 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from multifcl.config import ExperimentConfig
-from server.continual_loop import run_continual_learning
-from server.ray_actor_pool import replace_dead_actors
+from multifcl.errors import ConfigError, DataError, FederationRefused
+from server.one_line_errors import log_without_traceback
 
 app = ServerApp()
+log_without_traceback(ConfigError, DataError, FederationRefused)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = ExperimentConfig.from_run_config(context.run_config)
+    from server.continual_loop import run_continual_learning
+    from server.ray_actor_pool import replace_dead_actors
+
     replace_dead_actors()  # in simulation the ServerApp shares its process with the actor pool
     run_continual_learning(grid, config, base_dir=Path.cwd())

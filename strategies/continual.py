@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -93,6 +94,7 @@ class ContinualStrategy(Strategy):
         self._attempt = 1
         self._round_started = 0.0
         self._bytes_down = 0
+        self._destinations: dict[str, int] = {}  # message id -> the node it was sent to
         self.keep_client_states = False  # True: the next rounds keep `client_states`
         self.client_states: dict[int, State] = {}  # node id -> its model after the round
 
@@ -108,8 +110,9 @@ class ContinualStrategy(Strategy):
         attempts = self.max_round_retries + 1
         for attempt in range(1, attempts + 1):
             self._attempt = attempt
-            messages = self.configure_train(server_round, arrays, config, grid)
+            messages = list(self.configure_train(server_round, arrays, config, grid))
             replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+            self._destinations = destinations(messages)
             try:
                 merged, _ = self.aggregate_train(server_round, replies)
                 return merged
@@ -150,9 +153,10 @@ class ContinualStrategy(Strategy):
         task_number = self._task.index + 1
         updates, failed, bytes_up = {}, {}, 0
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = self._destinations.get(reply.metadata.reply_to_message_id)
+            node = reply.metadata.src_node_id if node is None else node
             if reply.has_error():
-                failed[node] = f"error: {reply.error.reason}"
+                failed[node] = error_reason(reply)
                 continue
             try:
                 bytes_up += record_bytes(reply.content[ARRAYS])
@@ -247,6 +251,22 @@ class ContinualStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return None
+
+
+def destinations(messages: Iterable[Message]) -> dict[str, int]:
+    """Message id -> the node it was sent to (ids are set when the grid pushes a message).
+
+    A reply is attributed through these, not by its sender: the error reply the SuperLink
+    makes for an unreachable node comes from the SuperLink's own node id (1).
+    """
+    return {message.metadata.message_id: message.metadata.dst_node_id for message in messages}
+
+
+def error_reason(reply: Message) -> str:
+    """A failed reply's reason; an unreachable node is said to be one, not timed out."""
+    if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+        return f"node unavailable: {reply.error.reason}"
+    return f"error: {reply.error.reason}"
 
 
 def _content_digest(update: ClientUpdate) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clients.client_app import train
+from multifcl.analysis.checkpoint_analysis import DEFAULT_SAMPLES_PER_TASK
 from multifcl.analysis.cka import column_subset_cka, linear_cka
 from multifcl.analysis.command import analyze_run
 from multifcl.analysis.finished_run import AnalysisError, FinishedRun
@@ -67,6 +68,48 @@ def test_nc1_is_near_zero_for_collapsed_features_and_large_for_noise():
     assert nc1(collapsed, labels) < 1e-8
     assert nc1(RNG.standard_normal((100, 16)), labels) > 1.0
     assert nc1(means[labels] + 0.3 * RNG.standard_normal((100, 16)), labels) < 1.0
+
+
+def nc1_from_the_definition(features: np.ndarray, labels: np.ndarray) -> float:
+    """tr(Sigma_W Sigma_B^+) / C written out with d x d covariances (well-conditioned cases)."""
+    classes = np.unique(labels)
+    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+    within = features - means[np.searchsorted(classes, labels)]
+    between = means - means.mean(axis=0)
+    sigma_w = within.T @ within / len(features)
+    sigma_b = between.T @ between / len(classes)
+    rank = len(classes) - 1  # the centred means span C-1 directions when d >= C-1
+    u, s, vt = np.linalg.svd(sigma_b, hermitian=True)
+    pinv = (vt[:rank].T / s[:rank]) @ u[:, :rank].T
+    return float(np.trace(sigma_w @ pinv) / len(classes))
+
+
+@pytest.mark.parametrize(("num_classes", "per_class", "width"), [(5, 30, 12), (20, 3, 64)])
+def test_nc1_matches_the_definition_and_ignores_a_constant_offset(num_classes, per_class, width):
+    labels = np.repeat(np.arange(num_classes), per_class)  # (20, 3): more classes than samples
+    means = RNG.standard_normal((num_classes, width))
+    features = means[labels] + 0.5 * RNG.standard_normal((len(labels), width))
+    value = nc1(features, labels)
+    assert np.isfinite(value) and value > 0
+    assert value == pytest.approx(nc1_from_the_definition(features, labels), rel=1e-9)
+    offset = 1e3 * RNG.standard_normal(width)  # one constant vector added to every feature
+    assert nc1(features + offset, labels) == pytest.approx(value, rel=1e-6)
+    assert nc1(torch.from_numpy(features + offset).float(), labels) == pytest.approx(
+        value, rel=1e-3
+    )
+
+
+def test_nc1_inverts_only_the_between_class_span():
+    labels = np.repeat(np.arange(3), 10)
+    features = np.zeros((30, 8))
+    features[:, 0] = labels  # class means on one line: the between-class span has rank 1
+    noise = RNG.standard_normal((30, 7)).reshape(3, 10, 7)
+    features[:, 1:] = (noise - noise.mean(axis=1, keepdims=True)).reshape(30, 7)  # off the line
+    assert nc1(features + 50.0, labels) == pytest.approx(nc1(features, labels), rel=1e-6)
+    assert nc1(features, labels) < 1e-20  # no within-class spread along that line
+    assert np.isnan(nc1(np.ones((30, 8)), labels))  # no between-class span at all
+    features[0, 0] = np.inf  # a diverged model: no number rather than a LinAlgError
+    assert np.isnan(nc1(features, labels))
 
 
 def test_etf_deviation_is_zero_for_a_simplex_etf_and_not_for_random_means():
@@ -194,7 +237,11 @@ def test_analyze_finetune_run_end_to_end(tiny_config, capsys):
 
 def test_analyze_multifcl_etf_run_keeps_first_task_adapters_fixed(tiny_config):
     run = finished_run(tiny_config, method="multifcl", use_text_init=False, head="etf")
-    analyze_run(run, probe_size=30, draws=1)
+    analyze_run(run, draws=1)  # default size: each task's whole test set, fewer than the cap
+    data = load_experiment(FinishedRun.open(run).config).data
+    held = len(data.test_set(data.stream.task(0)))
+    assert held < DEFAULT_SAMPLES_PER_TASK
+    assert f"probe set ({held} held-out samples)" in (run / "analysis.md").read_text()
     drift = [float(r["cka"]) for r in read_csv(run / "analysis" / "cka_drift.csv")]
     assert drift == pytest.approx([1.0] * 8)  # adapters are frozen after task 1
     collapse = read_csv(run / "analysis" / "neural_collapse.csv")

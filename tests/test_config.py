@@ -44,6 +44,15 @@ def test_round_trip_through_run_config(tmp_path):
     assert ExperimentConfig.from_run_config(config.to_run_config()) == config
 
 
+def test_a_negative_cap_is_refused_not_read_as_no_cap():
+    """Issue 18.6: max-train-per-class=-5 used to mean "all"; 0 is the one way to say it."""
+    message = one_line_error(
+        ConfigError, lambda: ExperimentConfig.from_run_config({"max-train-per-class": -5})
+    )
+    assert message == "run config key 'max-train-per-class': must be >= 0 (0 = no cap), got -5"
+    assert ExperimentConfig.from_run_config({"max-train-per-class": 3}).max_train_per_class == 3
+
+
 def test_pyproject_defaults_parse():
     import tomllib
 

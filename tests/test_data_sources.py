@@ -42,6 +42,24 @@ def test_image_folder_reads_classes_from_folder_names(tmp_path):
     assert taken.images.shape == (2, 3, 12, 12) and taken.labels.tolist() == [0, 1]
 
 
+def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path, caplog):
+    """Issue 18.6: a `.ipynb_checkpoints/` folder became a class; it is skipped with a note."""
+    root = make_image_folder(tmp_path / "data")
+    for split in ("train", "test"):
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.new("RGB", (12, 12)).save(hidden / "000-checkpoint.png")
+    (root / "train" / "cat" / "._000.png").write_bytes(b"macOS resource fork, not an image")
+    config = ExperimentConfig(dataset="imagefolder", data_root=root, num_tasks=2)
+    with caplog.at_level("WARNING", logger="multifcl.data.images"):
+        splits = load_splits(config, image_size=32)
+    assert splits.class_names == ["cat", "dog", "emu", "fox"]
+    assert len(splits.train) == len(splits.test) == 4 * 6
+    notes = [r.getMessage() for r in caplog.records if "hidden" in r.getMessage()]
+    assert len(notes) == 2 and all(".ipynb_checkpoints" in note for note in notes)
+    assert str(root / "train") in notes[0] and str(root / "test") in notes[1]
+
+
 def test_mixed_image_sizes_are_resized_to_the_backbone_size(tmp_path):
     root = make_image_folder(tmp_path / "data")
     Image.new("RGB", (30, 20)).save(root / "train" / "cat" / "big.png")

@@ -1,5 +1,7 @@
 """Deployment on loopback: a SuperLink with TLS and SuperNode authentication, two registered
-SuperNodes that run a 2-task job, and a SuperNode with an unregistered key that is refused.
+SuperNodes that run a 2-task job, a SuperNode with an unregistered key that is refused, and
+runs the server refuses at its handshake: a data copy unlike the server's, and a third
+SuperNode with a duplicate partition id.
 
 Certificates and keys come from the `deploy/` scripts, as in the README's deployment section.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from clients.client_app import train
-from multifcl.local_flower import LocalFlower
+from multifcl.local_flower import LocalFlower, free_port
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 from tests.test_data_sources import make_image_folder
@@ -33,6 +35,7 @@ DEPLOY = APP_DIR / "deploy"
 CONNECTION = "loopback"
 MARKER = "MULTIFCL_DEPLOYMENT_TEST"  # in the environment of every process the test starts
 TINY_JOB = "dataset='synthetic' backbone='vit-tiny' num-tasks=2 rounds-per-task=1 partition='iid'"
+TINY_IMAGE_JOB = TINY_JOB.replace("'synthetic'", "'imagefolder'")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Deployment:
     superlink_address: str
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     registered_node_ids: set[str] = field(default_factory=set)
+    node_ids: dict[str, str] = field(default_factory=dict)  # SuperNode name -> its node id
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
@@ -85,6 +89,16 @@ class Deployment:
             ],
         )
 
+    def register(self, name: str) -> str:
+        """Register SuperNode `name`'s public key; its node id."""
+        registered = self.cli.flwr(
+            "supernode", "register", str(self.root / "keys" / f"{name}.pub"), "--format", "json"
+        )
+        reply = json.loads(registered.stdout or "{}")
+        assert reply.get("success"), (registered.stdout, registered.stderr)
+        self.node_ids[name] = str(reply["node-id"])
+        return self.node_ids[name]
+
     def wait_for_log(self, name: str, text: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log(name):
@@ -94,12 +108,6 @@ class Deployment:
 
     def tail(self, name: str, chars: int = 3000) -> str:
         return self.log(name)[-chars:]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -167,9 +175,9 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
             pytest.skip(f"{tool} is not installed; the deployment test needs it")
     root = tmp_path_factory.mktemp("deployment")
     _script(DEPLOY / "make_certificates.sh", root / "certs")
-    _script(DEPLOY / "make_node_keys.sh", root / "keys", "node-0", "node-1", "intruder")
+    _script(DEPLOY / "make_node_keys.sh", root / "keys", "node-0", "node-1", "node-2", "intruder")
 
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     (root / "cli").mkdir()
     (root / "cli" / "config.toml").write_text(
@@ -200,14 +208,9 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         )
         _wait_for_port(port, superlink)
         for name in ("node-0", "node-1"):
-            registered = deployment.cli.flwr(
-                "supernode", "register", str(root / "keys" / f"{name}.pub"), "--format", "json"
-            )
-            reply = json.loads(registered.stdout or "{}")
-            assert reply.get("success"), (registered.stdout, registered.stderr)
-            deployment.registered_node_ids.add(str(reply["node-id"]))
+            deployment.registered_node_ids.add(deployment.register(name))
         for partition_id, name in enumerate(("node-0", "node-1")):
-            deployment.start_supernode(name, partition_id, _free_port())
+            deployment.start_supernode(name, partition_id, free_port())
         for node_id in deployment.registered_node_ids:
             deployment.wait_for_log("superlink", f"Activated node_id={node_id}")
         yield deployment
@@ -216,7 +219,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
 
 
 def test_supernode_with_unregistered_key_is_refused(deployment):
-    intruder = deployment.start_supernode("intruder", partition_id=0, port=_free_port())
+    intruder = deployment.start_supernode("intruder", partition_id=0, port=free_port())
     try:
         status = intruder.wait(timeout=90)
     except subprocess.TimeoutExpired:
@@ -240,6 +243,43 @@ def test_tls_authenticated_deployment_runs_a_two_task_job(deployment):
     assert [(r["clients"], r["failures"]) for r in rows] == [("2", "0"), ("2", "0")]
     trained = set(re.findall(r"Push replies from node_id=(\d+)", deployment.log("superlink")))
     assert trained == deployment.registered_node_ids  # the refused node never trained
+
+
+def refused_line(run) -> str:
+    """The one line a run that the ServerApp refused at start failed with."""
+    assert run.status == "finished:failed", (run.status, run.details, run.logs[-3000:])
+    line = run.details.removeprefix("ServerApp failed with exception: ")
+    assert "\n" not in line, line
+    return line
+
+
+def test_a_supernode_whose_data_copy_differs_is_refused(deployment):
+    """node-1's copy has a class folder renamed: it would train on shifted labels."""
+    server_copy = make_image_folder(deployment.root / "server-data")
+    make_image_folder(deployment.root / "node-0" / "data")
+    renamed = make_image_folder(deployment.root / "node-1" / "data")
+    for split in ("train", "test"):
+        (renamed / split / "cat").rename(renamed / split / "yak")
+    output = deployment.root / "refused-data"
+    overrides = f"{TINY_IMAGE_JOB} data-root='{server_copy}' output-dir='{output}'"
+    line = refused_line(deployment.cli.run(APP_DIR, overrides=overrides))
+    assert line.startswith(
+        f"node {deployment.node_ids['node-1']} (partition-id=1): its data differs from the "
+        "server's: class folders differ from position 0"
+    ), line
+    assert not output.exists()
+
+
+def test_a_third_supernode_with_a_duplicate_partition_id_is_refused(deployment):
+    node_id = deployment.register("node-2")
+    deployment.start_supernode("node-2", partition_id=0, port=free_port())
+    deployment.wait_for_log("superlink", f"Activated node_id={node_id}")
+    output = deployment.root / "refused-duplicate"
+    line = refused_line(deployment.cli.run(APP_DIR, overrides=f"{TINY_JOB} output-dir='{output}'"))
+    named = re.fullmatch(r"node (\d+): partition-id=0 is already held by node (\d+) .*", line)
+    assert named, line
+    assert set(named.groups()) == {node_id, deployment.node_ids["node-0"]}
+    assert not output.exists()
 
 
 def test_scripts_refuse_bad_input_in_one_line(tmp_path):

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from flwr.app import Message, MetricRecord, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
 from clients.client_app import train
 from multifcl.config import ConfigError, ExperimentConfig
@@ -25,8 +26,8 @@ from strategies.update_validation import RejectedUpdate
 
 
 class DroppingGrid(InProcessGrid):
-    """Replies of the nodes in `silent` never arrive, as when a client outlives the timeout;
-    `reverse` hands the replies back in reverse order."""
+    """Train replies of the nodes in `silent` never arrive, as when a client outlives the
+    timeout; `reverse` hands the replies back in reverse order."""
 
     def __init__(self, *args, silent=(), reverse=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -35,7 +36,8 @@ class DroppingGrid(InProcessGrid):
     def send_and_receive(self, messages, *, timeout=None):
         self.timeouts.append(timeout)
         replies = super().send_and_receive(messages, timeout=timeout)
-        replies = [r for r in replies if r.metadata.src_node_id not in self.silent]
+        if self.sent:  # the handshake (before the first train message) is answered
+            replies = [r for r in replies if r.metadata.src_node_id not in self.silent]
         return replies[::-1] if self.reverse else replies
 
 
@@ -79,8 +81,36 @@ def test_a_silent_client_times_out_and_is_recorded(tiny_config, tmp_path):
     run_continual_learning(grid, config, tmp_path)
     rows = rows_of(config)
     assert [r["failed_clients"] for r in rows] == ["1002: no reply within 5 s"] * 2
-    assert grid.timeouts == [5.0, 5.0]
+    assert grid.timeouts == [5.0, 5.0, 5.0]  # the handshake and two rounds
     assert all(m.metadata.ttl == 5.0 for m in grid.sent)  # late messages expire
+
+
+class DeadNodeGrid(InProcessGrid):
+    """Node 1002's SuperNode died after the handshake: for each message to it, the
+    SuperLink's own "node unavailable" error reply (sent from node 1) comes back at once."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if not self.sent:
+            return replies
+        dead = [m for m in self.sent[-len(replies) :] if m.metadata.dst_node_id == 1002]
+        replies = [r for r in replies if r.metadata.src_node_id != 1002]
+        for message in dead:
+            message.metadata.__dict__["_created_at"] = time.time()
+            message.metadata.__dict__["_ttl"] = timeout
+        return replies + [
+            create_message_error_unavailable_res_message(m.metadata, "node_unavail") for m in dead
+        ]
+
+
+def test_a_dead_node_is_named_and_not_reported_as_a_timeout(tiny_config, tmp_path):
+    config = tiny_config(num_tasks=2, rounds_per_task=1)
+    run_continual_learning(DeadNodeGrid(train, config.to_run_config(), 3), config, tmp_path)
+    rows = rows_of(config)
+    assert [(r["clients"], r["failures"]) for r in rows] == [("2", "1"), ("2", "1")]
+    reason = rows[0]["failed_clients"]
+    assert reason.startswith("1002: node unavailable: Error: Node Unavailable"), reason
+    assert "no reply" not in reason and not reason.startswith("1:")
 
 
 class ShrinkingGrid(InProcessGrid):

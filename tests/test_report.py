@@ -14,7 +14,8 @@ from multifcl.cli import main
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.reporting import RunResults
-from multifcl.reporting.report import partition_of, render_report
+from multifcl.reporting.figures import method_colour, series_styles
+from multifcl.reporting.report import group_runs, partition_of, render_report
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 from tests.conftest import TINY
@@ -70,6 +71,66 @@ def test_report_renders_every_figure(finished_runs, tmp_path):
         height, width, _ = imread(path).shape
         assert height >= 400 and width >= 500, path.name
     assert messages == []  # the seeds' partitions differ: both are drawn, none is rebuilt
+
+
+def copy_run(source, folder, **changes):
+    """A copy of a finished run whose config.json says `changes` (flwr keys)."""
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return RunResults.load(folder)
+
+
+def test_runs_are_labelled_by_method_and_seed_and_never_averaged_across_configs(
+    finished_runs, tmp_path
+):
+    seeds = [RunResults.load(path) for path in finished_runs]
+    other_beta = copy_run(finished_runs[0], tmp_path / "prototypes-seed0", beta=0.1)
+    finetune = copy_run(finished_runs[1], tmp_path / "x", method="finetune")
+    messages: list[str] = []
+    assert [(g.label, len(g.runs)) for g in group_runs(seeds, messages.append)] == [
+        ("prototypes (seeds 0, 1)", 2)
+    ]
+    assert [g.label for g in group_runs([*seeds, finetune], messages.append)] == [
+        "prototypes (seeds 0, 1)",
+        "finetune (seed 1)",
+    ]
+    assert messages == []  # differing only by method and seed is what a comparison is
+    older = copy_run(finished_runs[1], tmp_path / "older")
+    config = json.loads((older.path / "config.json").read_text())
+    del config["eval-group"]  # a key this version added, at its default
+    config["run-id"] = "another run"  # what the server stores beside the run config
+    older.config = config
+    assert [g.label for g in group_runs([seeds[0], older], messages.append)] == [
+        "prototypes (seeds 0, 1)"
+    ]
+    assert messages == []
+
+    groups = group_runs([*seeds, other_beta], messages.append)
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("prototypes (beta=0.5; seeds 0, 1)", 2),
+        ("prototypes (beta=0.1; seed 0)", 1),
+    ]
+    warning = (
+        "warning: these runs differ in more than method and seed: beta (0.5 / 0.1); "
+        "runs of one config are averaged, never across configs"
+    )
+    assert messages == [warning]
+
+
+def test_a_method_has_one_colour_in_every_figure_and_repeats_change_the_line_style():
+    assert method_colour("prototypes") == "C0" and method_colour("finetune") == "C1"
+    assert method_colour("1-base") == method_colour("1-base")  # not a method: by its name
+    assert method_colour("1-base") not in {method_colour(m) for m in ("prototypes", "lwf")}
+    compare = series_styles(["finetune", "1-base", "2-adapter"], {"1-base": "multifcl"})
+    report = series_styles(
+        ["multifcl (seed 0)", "finetune (seed 0)"],
+        {"multifcl (seed 0)": "multifcl", "finetune (seed 0)": "finetune"},
+    )
+    assert compare["finetune"] == report["finetune (seed 0)"] == ("C1", "-")
+    assert compare["1-base"] == report["multifcl (seed 0)"] == ("C2", "-")
+    two = series_styles(["a", "b"], {"a": "multifcl", "b": "multifcl"})
+    assert two == {"a": ("C2", "-"), "b": ("C2", "--")}
 
 
 def test_without_partition_json_the_report_rebuilds_it_and_draws_it_once(finished_runs, tmp_path):

@@ -2,15 +2,19 @@
 
 import csv
 import json
+import os
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import RoundRecord
+from multifcl.reporting.figures import data_and_backbone, run_title
 from multifcl.results import RunDirectory, print_summary
+from multifcl.results.checkpoints import save_task_state
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -28,6 +32,33 @@ def test_metrics_json_marks_undefined_cells_and_keeps_formulas(tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_result_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        run = RunDirectory(tmp_path / "run")
+        run.start(ExperimentConfig(num_tasks=2), {})
+        run.write_metrics([[80.0]], [[90.0]], [80.0], 2)
+        checkpoint = save_task_state(run.path, 0, {"w": np.zeros(3, dtype=np.float32)})
+    finally:
+        os.umask(previous)
+    files = [run.path / n for n in ("config.json", "metrics.json", "accuracy.png", "rounds.csv")]
+    for file in [*files, checkpoint]:
+        assert file.stat().st_mode & 0o777 == 0o666 & ~umask, file.name
+
+
+def test_accuracy_plot_title_names_method_data_set_and_backbone(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.start(ExperimentConfig(method="finetune", dataset="synthetic"), {})
+    assert run.title == "finetune on synthetic, vit-tiny"
+    folder = ExperimentConfig(dataset="imagefolder", data_root=tmp_path).to_run_config()
+    assert run_title(folder) == f"prototypes on imagefolder {tmp_path.name}, vit-tiny"
+    digits = {"dataset": "digits", "backbone": "vit-tiny"}
+    assert data_and_backbone([folder, digits, digits]) == (
+        f"imagefolder {tmp_path.name} / digits, vit-tiny"
+    )
+
+
 def test_summary_prints_the_matrix_and_metrics(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.start(ExperimentConfig(num_tasks=2), {})
@@ -38,10 +69,24 @@ def test_summary_prints_the_matrix_and_metrics(tmp_path):
     assert "a[t][j]" in text and "60.0" in text and "70.0" in text and "65.0" in text
 
 
-def test_output_dir_holding_a_run_is_refused(tmp_path):
-    (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigError, match="'output-dir'"):
+@pytest.mark.parametrize(
+    "left", ["metrics.json", "config.json", "rounds.csv", "checkpoints/checkpoint-000000.npz"]
+)
+def test_output_dir_holding_a_run_is_refused(left, tmp_path):
+    (tmp_path / left).parent.mkdir(exist_ok=True)
+    (tmp_path / left).write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"^run config key 'output-dir': .* already holds a run \("
+    ):
         RunDirectory(tmp_path)
+    assert RunDirectory(tmp_path, resume=True).path == tmp_path.resolve()
+
+
+def test_a_new_run_gets_an_id_in_its_config_json(tmp_path):
+    first, second = RunDirectory(tmp_path / "a"), RunDirectory(tmp_path / "b")
+    assert len(first.run_id) == 32 and first.run_id != second.run_id
+    first.start(ExperimentConfig(), {})
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["run-id"] == first.run_id
 
 
 def test_a_resumed_run_keeps_its_rows_under_the_current_header(tmp_path):

@@ -2,7 +2,8 @@
 probe set, diffused redundancy of the final feature and neural-collapse measures.
 
 Samples: a fixed random subset (seeded) of up to `samples_per_task` test samples of every
-task; task 1's subset is the probe set. Checkpoint t is measured on the tasks seen so far.
+task (by default up to DEFAULT_SAMPLES_PER_TASK: all of a task's when it holds fewer); task
+1's subset is the probe set. Checkpoint t is measured on the tasks seen so far.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from multifcl.methods import State
 
 METHOD_PROTOTYPES = "the final expert's prototypes"
 TRAIN_CLASS_MEANS = "class means of the final feature on up to {n} training samples per task"
+DEFAULT_SAMPLES_PER_TASK = 256  # the cap when no size is asked for
 
 
 @dataclass
@@ -48,18 +50,22 @@ class CheckpointAnalysis:
     redundancy: list[list[RedundancyPoint]]  # per task checkpoint
     collapse: list[CollapseMeasures]
     prototype_source: str
-    probe_size: int
+    samples_per_task: int  # the most test samples drawn from one task
+    probe_size: int  # task 1's: the probe set
     collapse_space: str
     client_cka: dict[str, list[float]] = field(default_factory=dict)  # client -> per block
 
 
 def evaluation_subsets(
-    experiment: Experiment, samples_per_task: int, seed: int
+    experiment: Experiment, samples_per_task: int | None, seed: int
 ) -> list[InMemoryImages]:
-    """The fixed test-sample subset of every task; the first is the probe set."""
+    """The fixed test-sample subset of every task; the first is the probe set. None: up to
+    DEFAULT_SAMPLES_PER_TASK of each task; a size asked for must fit task 1's test set."""
     data = experiment.data
     first = data.test_set(data.stream.task(0))
-    if samples_per_task > len(first):
+    if samples_per_task is None:
+        samples_per_task = DEFAULT_SAMPLES_PER_TASK
+    elif samples_per_task > len(first):
         raise AnalysisError(
             f"--probe-size: {samples_per_task} probe samples requested, but task 1 has only "
             f"{len(first)} held-out test samples"
@@ -74,11 +80,12 @@ def evaluation_subsets(
 def analyze_checkpoints(
     run: FinishedRun,
     experiment: Experiment,
-    samples_per_task: int,
+    samples_per_task: int | None = None,
     draws: int = 5,
     seed: int = 0,
 ) -> CheckpointAnalysis:
-    """Measure every task checkpoint of `run` (built as `experiment`)."""
+    """Measure every task checkpoint of `run` (built as `experiment`); `samples_per_task` as
+    in evaluation_subsets."""
     method, stream = experiment.method, experiment.data.stream
     if run.num_tasks > stream.num_tasks:
         raise AnalysisError(
@@ -86,6 +93,7 @@ def analyze_checkpoints(
             f"{stream.num_tasks}-task stream"
         )
     subsets = evaluation_subsets(experiment, samples_per_task, seed)
+    samples_per_task = max(len(subset) for subset in subsets)
     expected = method.initial_state()
     batch_size = experiment.config.batch_size
     reference: list[np.ndarray] = []
@@ -122,6 +130,7 @@ def analyze_checkpoints(
         redundancy=redundancy,
         collapse=collapse,
         prototype_source=prototype_source,
+        samples_per_task=samples_per_task,
         probe_size=len(subsets[0]),
         collapse_space="the ETF head's projected feature" if has_etf else "the final feature",
         client_cka=client_cka,

@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from multifcl.analysis.checkpoint_analysis import analyze_checkpoints, evaluation_subsets
+from multifcl.analysis.checkpoint_analysis import (
+    DEFAULT_SAMPLES_PER_TASK,
+    analyze_checkpoints,
+    evaluation_subsets,
+)
 from multifcl.analysis.equizero import TRANSFORM_GROUPS, group_transforms
 from multifcl.analysis.finished_run import AnalysisError, FinishedRun, load_state
 from multifcl.analysis.report import AnalysisReport, write_report
 from multifcl.analysis.robustness import robustness_table
 
 SUMMARY = "CKA drift, diffused redundancy, neural collapse and equizero robustness of a run"
-DEFAULT_PROBE_SIZE = 256
 DEFAULT_DRAWS = 5
 
 
@@ -26,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probe-size",
         type=int,
-        default=DEFAULT_PROBE_SIZE,
-        help="test samples per task; task 1's are the probe set (default %(default)s)",
+        default=None,
+        help="test samples per task; task 1's are the probe set (default: all of a task's, "
+        f"at most {DEFAULT_SAMPLES_PER_TASK}; a larger size than task 1 holds is an error)",
     )
     parser.add_argument(
         "--draws",
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 def analyze_run(
     run_dir: Path,
-    probe_size: int = DEFAULT_PROBE_SIZE,
+    probe_size: int | None = None,
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
     robustness: bool = False,
@@ -73,7 +77,7 @@ def analyze_run(
     """Analyse the run in `run_dir` and write its report; return the path of analysis.md."""
     from multifcl.experiment import load_experiment  # heavy: after the cheap checks
 
-    if probe_size < 2:
+    if probe_size is not None and probe_size < 2:
         raise AnalysisError(f"--probe-size: CKA needs at least 2 samples, got {probe_size}")
     if draws < 1:
         raise AnalysisError(f"--draws: must be >= 1, got {draws}")

@@ -12,6 +12,10 @@ import numpy as np
 
 from multifcl.analysis.cka import Features, as_float64
 
+# singular values of the centred class means below this fraction of the largest are treated
+# as zero: float32 features cannot resolve between-class directions finer than that
+NC1_RTOL = 1e-6
+
 
 def class_means(features: Features, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(classes present, their mean feature rows)."""
@@ -20,17 +24,35 @@ def class_means(features: Features, labels: np.ndarray) -> tuple[np.ndarray, np.
     return classes, np.stack([features[labels == c].mean(axis=0) for c in classes])
 
 
-def nc1(features: Features, labels: np.ndarray) -> float:
-    """tr(Sigma_W Sigma_B^+) / C; 0 when every sample sits on its class mean."""
+def nc1(features: Features, labels: np.ndarray, rtol: float = NC1_RTOL) -> float:
+    """tr(Sigma_W Sigma_B^+) / C; 0 when every sample sits on its class mean.
+
+    Sigma_B^+ is the pseudo-inverse on the between-class span only: at most C-1 directions
+    (centring the class means always leaves one null direction, whose rounding-sized
+    singular value a plain pseudo-inverse would invert) and only those whose singular value
+    is at least `rtol` times the largest. So a constant added to every feature changes
+    nothing, and rank-deficient class means give a finite value.
+    """
     features, labels = as_float64(features), np.asarray(labels)
-    classes, means = class_means(features, labels)
-    if len(classes) < 2:
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(
+            f"features must be n x d with one label per row, got {features.shape} and "
+            f"{len(labels)} labels"
+        )
+    if len(np.unique(labels)) < 2 or not np.isfinite(features).all():
         return float("nan")
+    features = features - features.mean(axis=0)  # shift-free before any class mean
+    classes, means = class_means(features, labels)
     within = features - means[np.searchsorted(classes, labels)]  # D: n x d
     between = means - means.mean(axis=0)  # B: C x d, Sigma_B = B^T B / C
-    # Sigma_W = D^T D / n and (B^T B)^+ = B^+ B^+^T, so the trace is ||D B^+||^2 C / n:
-    # one pseudo-inverse of the small C x d matrix instead of a d x d one.
-    return float(np.linalg.norm(within @ np.linalg.pinv(between)) ** 2 / len(features))
+    # Sigma_W = D^T D / n and (B^T B)^+ = B^+ B^+^T, so the trace is ||D B^+||^2 C / n, with
+    # B^+ = V_k S_k^-1 U_k^T from the SVD truncated to the between-class span (k directions).
+    _, singular, right = np.linalg.svd(between, full_matrices=False)
+    if singular[0] == 0.0:
+        return float("nan")  # every class has the same mean: no between-class span
+    kept = min(len(classes) - 1, int(np.sum(singular >= rtol * singular[0])))
+    coordinates = within @ right[:kept].T / singular[:kept]  # D V_k S_k^-1 (U_k is orthonormal)
+    return float(np.sum(coordinates**2) / len(features))
 
 
 def simplex_gram(num_classes: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from multifcl.analysis.checkpoint_analysis import CheckpointAnalysis
 from multifcl.analysis.figures import cka_drift_heatmap, redundancy_curves
 from multifcl.analysis.finished_run import FinishedRun
 from multifcl.analysis.robustness import RobustnessRow
+from multifcl.reporting.figures import run_title
 
 FOLDER = "analysis"
 REPORT = "analysis.md"
@@ -37,7 +38,7 @@ def write_report(report: AnalysisReport) -> Path:
     folder = run.path / FOLDER
     folder.mkdir(exist_ok=True)
     config = run.config
-    name = f"{config.method} on {config.dataset} ({config.backbone})"
+    name = run_title(config.to_run_config())
     cka_drift_heatmap(
         found.cka_drift, found.block_labels, f"CKA drift: {name}", folder / "cka_drift.png"
     )
@@ -47,8 +48,9 @@ def write_report(report: AnalysisReport) -> Path:
         f"# Analysis: {name}\n",
         (
             f"Run `{run.path.name}`: {run.num_tasks} task checkpoints. Every measurement uses a "
-            f"fixed random subset (seed {report.seed}) of up to {found.probe_size} test samples "
-            "per seen task; task 1's subset is the probe set "
+            f"fixed random subset (seed {report.seed}) of up to {found.samples_per_task} test "
+            "samples per seen task (all of a task's when it holds fewer); task 1's subset is the "
+            "probe set "
             f"({found.probe_size} held-out samples). Numbers: `{FOLDER}/*.csv`.\n"
         ),
         *_equizero_line(run.path),

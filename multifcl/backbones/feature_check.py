@@ -17,8 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from multifcl.backbones.base import Backbone
-from multifcl.data.images import DataError, decode_image, stack_images
-from multifcl.data.sources import IMAGE_SUFFIXES
+from multifcl.data.images import (
+    DataError,
+    class_folder_names,
+    decode_image,
+    image_files,
+    stack_images,
+)
 
 ENCODE_BATCH_SIZE = 32  # small batches: activations stay in cache, and CPU runs are fastest
 
@@ -43,7 +48,7 @@ def first_images_per_class(
         folder = split_root / name
         if not folder.is_dir():
             raise DataError(f"folder {str(folder)!r} does not exist")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(folder)
         if len(files) < per_class:
             raise DataError(f"folder {str(folder)!r} has {len(files)} images, {per_class} needed")
         arrays.extend(decode_image(path) for path in files[:per_class])
@@ -58,7 +63,7 @@ def class_mean_prototype_accuracy(
     train_root, test_root = Path(data_root) / "train", Path(data_root) / "test"
     if not train_root.is_dir():
         raise DataError(f"folder {str(train_root)!r} does not exist")
-    class_names = sorted(entry.name for entry in train_root.iterdir() if entry.is_dir())
+    class_names = class_folder_names(train_root)
     size = backbone.image_size
     train_images, train_labels = first_images_per_class(
         train_root, class_names, train_per_class, size

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
 from multifcl.config import ExperimentConfig
+from multifcl.data.fingerprint import DataFingerprint, split_fingerprint
 from multifcl.data.images import InMemoryImages
 from multifcl.data.partitions import make_partition
 from multifcl.data.splits import DatasetSplits
@@ -25,6 +26,11 @@ class FederatedStream:
         self.seed = config.seed
         self.client_train_set = lru_cache(maxsize=8)(self._client_train_set)
         self.test_set = lru_cache(maxsize=None)(self._test_set)
+
+    @cached_property
+    def fingerprint(self) -> DataFingerprint:
+        """The train split's fingerprint (class names, sample count, digest), computed once."""
+        return split_fingerprint(self.splits.train, self.splits.class_names)
 
     def client_parts(self, task: Task, num_clients: int) -> list[np.ndarray]:
         """Indices into the train split held by each client in `task` (raises if one is empty)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -12,11 +13,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from multifcl.errors import DataError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
-
-class DataError(ValueError):
-    """A data set or file cannot be used; the message names the key or file at fault."""
+logger = logging.getLogger(__name__)
 
 
 class LabelledImages(Protocol):
@@ -29,13 +30,33 @@ class LabelledImages(Protocol):
         ...
 
 
+def class_folder_names(split_root: Path) -> list[str]:
+    """The names of the class folders in `split_root`, sorted. Hidden (dot-prefixed) folders
+    such as `.ipynb_checkpoints` are not classes: they are skipped with a logged note."""
+    folders = sorted(entry.name for entry in split_root.iterdir() if entry.is_dir())
+    hidden = [name for name in folders if name.startswith(".")]
+    if hidden:
+        logger.warning("skipped hidden folders in %s (not classes): %s", split_root, hidden)
+    return [name for name in folders if not name.startswith(".")]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files in `folder` in name order; hidden (dot-prefixed) files such as
+    macOS's `._*.jpg` are not images and are left out."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
 def list_class_files(folders: list[Path], what: str) -> tuple[list[Path], np.ndarray]:
     """The image files of each class folder in name order, and their labels (the folder's
     position); a folder without images is a DataError naming `what` and the folder."""
     paths: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(folder)
         if not files:
             raise DataError(f"{what} {str(folder)!r} has no images")
         paths.extend(files)

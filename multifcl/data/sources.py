@@ -22,6 +22,7 @@ from multifcl.data.images import (
     DataError,
     ImageFiles,
     InMemoryImages,
+    class_folder_names,
     list_class_files,
 )
 from multifcl.data.splits import DatasetSplits
@@ -96,7 +97,7 @@ def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> Datase
 def _class_folders(split_root: Path) -> list[str]:
     if not split_root.is_dir():
         raise DataError(f"data-root: folder {str(split_root)!r} does not exist")
-    names = sorted(entry.name for entry in split_root.iterdir() if entry.is_dir())
+    names = class_folder_names(split_root)
     if not names:
         raise DataError(f"data-root: folder {str(split_root)!r} has no class folders")
     return names

@@ -1,9 +1,15 @@
 """The report's figures, one PNG each (matplotlib with the Agg backend): accuracy curves,
-Last bars, accuracy-matrix and client x class partition heatmaps, bytes per round."""
+Last bars, accuracy-matrix and client x class partition heatmaps, bytes per round.
+
+Every figure colours a series by its method (`method_colour`), so a method has one colour
+in every figure of `multifcl compare` and `multifcl report`; series of one colour differ by
+line style."""
 
 from __future__ import annotations
 
 import math
+import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,13 +31,63 @@ MAX_NAMED_TICKS = 20  # above this, tick every n-th class or client
 MAX_ANNOTATED_CELLS = 150  # per heatmap; beyond this the numbers would not be readable
 LEGEND_OUTSIDE_FROM = 7  # curves; with more, the legend moves to the right of the axes
 PARTITION_COLUMNS = 5
-COLOURS = 10  # matplotlib's default cycle
+COLOURS = 10  # matplotlib's default cycle, C0..C9
 LINE_STYLES = ("-", "--", ":", "-.")
 MAX_FIGURE_WIDTH = 24.0  # inches; wider task panels wrap to more rows
 
 
-def stage_curves(groups: Mapping[str, Sequence[Sequence[float]]], path: Path) -> Path:
-    """A_t after each task, one line per label: the mean over its runs, ± one std as a band."""
+def run_title(config: Mapping) -> str:
+    """`<method> on <data set>, <backbone>` from a run's saved config (flwr keys); an image
+    folder is named by its folder, e.g. `finetune on imagefolder cifar10-jpg, vit-tiny`."""
+    return f"{config.get('method', '?')} on {data_and_backbone([config])}"
+
+
+def data_and_backbone(configs: Sequence[Mapping]) -> str:
+    """`<data set>, <backbone>` of runs' saved configs; differing values joined by ` / `."""
+    datasets = dict.fromkeys(_dataset_name(config) for config in configs)
+    backbones = dict.fromkeys(str(config.get("backbone", "?")) for config in configs)
+    return f"{' / '.join(datasets)}, {' / '.join(backbones)}"
+
+
+def _dataset_name(config: Mapping) -> str:
+    dataset = str(config.get("dataset", "?"))
+    root = str(config.get("data-root") or "").rstrip("/\\")
+    return f"{dataset} {Path(root).name}" if dataset == "imagefolder" and root else dataset
+
+
+def method_colour(method: str) -> str:
+    """The method's colour in every figure: C0, C1, ... in the order of `METHODS`; a name that
+    is not a method (a label without one) by a hash of the name, so it never depends on what
+    else is drawn."""
+    from multifcl.methods import METHODS
+
+    names = list(METHODS)
+    if method in names:
+        return f"C{names.index(method) % COLOURS}"
+    spare = max(COLOURS - len(names), 1)  # the colours no method has
+    return f"C{(len(names) + zlib.crc32(method.encode()) % spare) % COLOURS}"
+
+
+def series_styles(labels: Sequence[str], methods: Mapping[str, str] | None) -> dict:
+    """label -> (colour, line style): the colour of the label's method (`methods`, default:
+    the label is the method), the line style counting the earlier labels of that colour."""
+    styles, used = {}, Counter()
+    for label in labels:
+        colour = method_colour((methods or {}).get(label, label))
+        styles[label] = (colour, LINE_STYLES[used[colour] % len(LINE_STYLES)])
+        used[colour] += 1
+    return styles
+
+
+def stage_curves(
+    groups: Mapping[str, Sequence[Sequence[float]]],
+    path: Path,
+    methods: Mapping[str, str] | None = None,
+    setting: str = "",
+) -> Path:
+    """A_t after each task, one line per label: the mean over its runs, ± one std as a band.
+    `methods` maps a label to its method (the colour); default: the label is the method.
+    `setting` (data set and backbone) is the title's second line."""
     counts = {len(curves) for curves in groups.values()}
     same_count = counts.pop() if len(counts) == 1 else None
     title = "Accuracy after each task"
@@ -39,21 +95,25 @@ def stage_curves(groups: Mapping[str, Sequence[Sequence[float]]], path: Path) ->
         title += f" (mean of {same_count} seeds, band ± 1 std)"
     elif same_count is None:
         title += " (mean over seeds, band ± 1 std)"
+    title += f"\n{setting}" if setting else ""
     wide = len(groups) > LEGEND_OUTSIDE_FROM
+    styles = series_styles(list(groups), methods)
     with new_figure(figsize=(10.0 if wide else 7.5, 4.8)) as (figure, axis):
         longest = 1
-        for index, (label, curves) in enumerate(groups.items()):
+        for label, curves in groups.items():
             length = min(len(curve) for curve in curves)
             values = np.array([curve[:length] for curve in curves], dtype=float)
             steps = np.arange(1, length + 1)
             mean = values.mean(axis=0)
             name = label if same_count else f"{label} ({len(curves)} runs)"
-            style = LINE_STYLES[(index // COLOURS) % len(LINE_STYLES)]  # colours repeat after 10
-            (line,) = axis.plot(steps, mean, marker="o", linewidth=2, linestyle=style, label=name)
+            colour, style = styles[label]
+            axis.plot(
+                steps, mean, marker="o", linewidth=2, color=colour, linestyle=style, label=name
+            )
             if len(curves) > 1:
                 std = values.std(axis=0, ddof=1)
                 band = 0.2 if len(groups) <= 4 else 0.1
-                axis.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=band)
+                axis.fill_between(steps, mean - std, mean + std, color=colour, alpha=band)
             longest = max(longest, length)
         axis.set(
             xlabel="tasks trained",
@@ -70,9 +130,16 @@ def stage_curves(groups: Mapping[str, Sequence[Sequence[float]]], path: Path) ->
     return path
 
 
-def last_bars(groups: Mapping[str, Sequence[float]], path: Path) -> Path:
-    """Last accuracy per label: the mean over its runs, with ± one std as an error bar."""
+def last_bars(
+    groups: Mapping[str, Sequence[float]],
+    path: Path,
+    methods: Mapping[str, str] | None = None,
+    setting: str = "",
+) -> Path:
+    """Last accuracy per label: the mean over its runs, with ± one std as an error bar; each
+    bar in its method's colour (`methods`, `setting` as in stage_curves)."""
     labels = list(groups)
+    styles = series_styles(labels, methods)
     means = [float(np.mean(groups[label])) for label in labels]
     stds = [
         float(np.std(groups[label], ddof=1)) if len(groups[label]) > 1 else 0.0 for label in labels
@@ -80,7 +147,8 @@ def last_bars(groups: Mapping[str, Sequence[float]], path: Path) -> Path:
     tilt = len(labels) > 3 or max(len(label) for label in labels) > 12
     with new_figure(figsize=(max(5.0, 1.1 * len(labels) + 2.0), 4.8)) as (figure, axis):
         positions = np.arange(len(labels))
-        axis.bar(positions, means, yerr=stds, capsize=6, color="tab:blue", alpha=0.85)
+        colours = [styles[label][0] for label in labels]
+        axis.bar(positions, means, yerr=stds, capsize=6, color=colours, alpha=0.85)
         for position, mean, std, label in zip(positions, means, stds, labels):
             text = f"{mean:.1f} ± {std:.1f}" if len(groups[label]) > 1 else f"{mean:.1f}"
             axis.text(position, mean + std + 1.5, text, ha="center", va="bottom", fontsize=10)
@@ -91,7 +159,8 @@ def last_bars(groups: Mapping[str, Sequence[float]], path: Path) -> Path:
         axis.set(
             ylabel="Last: A_T, CIL accuracy (%)",
             ylim=(0, 110),
-            title="Last accuracy (error bar: ± 1 std over seeds)",
+            title="Last accuracy (error bar: ± 1 std over seeds)"
+            + (f"\n{setting}" if setting else ""),
         )
         axis.grid(axis="y", alpha=0.3)
         save_figure(figure, path)
@@ -184,9 +253,13 @@ def _class_ticks(axis, classes: Sequence[int], names: Sequence[str]) -> None:
 
 
 def bytes_per_round(
-    groups: Mapping[str, Sequence[Sequence[tuple[int, float, float]]]], path: Path
+    groups: Mapping[str, Sequence[Sequence[tuple[int, float, float]]]],
+    path: Path,
+    methods: Mapping[str, str] | None = None,
+    setting: str = "",
 ) -> Path:
-    """Bytes up and down per round (summed over clients), one line per label.
+    """Bytes up and down per round (summed over clients), one line per label (`methods` and
+    `setting` as in stage_curves).
 
     Each run is a list of (task, bytes up, bytes down) per round; runs of a label are averaged.
     A logarithmic axis is used when the values span more than a factor of 50.
@@ -198,13 +271,16 @@ def bytes_per_round(
     positive = [v for v in every if v > 0]
     logarithmic = bool(positive) and max(positive) / min(positive) > 50
     longest_tasks: list[int] = []
+    styles = series_styles(list(groups), methods)
     with new_figure(figsize=(12, 4.6), columns=2) as (figure, axes):
         for label, runs in groups.items():
             length = min(len(run) for run in runs)
             rounds = np.arange(1, length + 1)
             for axis, column in zip(axes, (1, 2)):
                 per_run = [[entry[column] for entry in run[:length]] for run in runs]
-                axis.plot(rounds, np.mean(per_run, axis=0) / scale, marker="o", label=label)
+                colour, style = styles[label]
+                mean = np.mean(per_run, axis=0) / scale
+                axis.plot(rounds, mean, marker="o", color=colour, linestyle=style, label=label)
             if length > len(longest_tasks):
                 longest_tasks = [entry[0] for entry in runs[0][:length]]
         starts = [
@@ -225,6 +301,8 @@ def bytes_per_round(
                 _plain_log_axis(axis)
             axis.grid(alpha=0.3)
         _legend(axes[1], len(groups))
+        if setting:
+            figure.suptitle(setting)
         save_figure(figure, path)
     return path
 

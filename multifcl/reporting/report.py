@@ -3,13 +3,17 @@
     multifcl report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 Writes into DIR (default: <first RUN_DIR>/report):
-  accuracy_curves.png        A_t after each task, one line per label (a run folder's name
-                             without `-seed<k>`: seeds of one label are averaged, +- std band)
+  accuracy_curves.png        A_t after each task, one line per method and config (from each
+                             run's config.json: its seeds are averaged, +- std band)
   accuracy_matrix-<run>.png  the CIL accuracy matrix a[t][j] of each run, as a heatmap
   partition-<run>.png        training samples per client and class in each task (from
                              partition.json, or rebuilt from config.json for older runs;
                              identical partitions are drawn once)
-  bytes_per_round.png        bytes up and down per round, one line per label
+  bytes_per_round.png        bytes up and down per round, one line per method and config
+
+Runs are labelled by method and seed. A method run with several configs gets one line per
+config, labelled by the keys that tell them apart; runs that differ in more than method and
+seed are reported in one warning line.
 """
 
 from __future__ import annotations
@@ -17,33 +21,49 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import DataError
 from multifcl.reporting import figures
 from multifcl.reporting.run_results import RunFolderError, RunResults
+from multifcl.results.resume import RESULT_NEUTRAL_KEYS
 
 SUMMARY = "figures of finished runs: accuracy curves and matrices, partitions, bytes per round"
 FALLBACK_IMAGE_SIZE = 32  # only used to resize files of mixed sizes; counts do not depend on it
+# run-config keys that do not make runs different experiments
+SAME_EXPERIMENT_KEYS = RESULT_NEUTRAL_KEYS | {"seed"}
+RUN_KEYS_BESIDE_CONFIG = ("num-clients",)  # saved beside the run config, changes results
+NAMED_DIFFERENCES = 3  # keys named in a label or warning
+
+
+@dataclass
+class RunGroup:
+    """The runs of one method and config (its seeds): one line in the figures."""
+
+    label: str
+    method: str
+    runs: list[RunResults]
 
 
 def render_report(
     runs: Sequence[RunResults], out: Path, echo: Callable[[str], None] = print
 ) -> list[Path]:
     """Write every figure for `runs` into `out`; return the files written."""
-    by_label = group_by_label(runs)
+    groups = group_runs(runs, echo)
+    methods = {group.label: group.method for group in groups}
+    setting = figures.data_and_backbone([run.config for run in runs])
     written = [
         figures.stage_curves(
-            {
-                label: [r.metrics["stage_accuracy"] for r in group]
-                for label, group in by_label.items()
-            },
+            {group.label: [r.metrics["stage_accuracy"] for r in group.runs] for group in groups},
             out / "accuracy_curves.png",
+            methods,
+            setting,
         )
     ]
     for run in runs:
-        title = f"{run.name}\n{run.config.get('method')} on {run.config.get('dataset')}: CIL a[t][j] (%)"
+        title = f"{run_label(run)}: CIL a[t][j] (%)\n{figures.run_title(run.config)}"
         written.append(
             figures.accuracy_matrix(
                 run.metrics["accuracy_matrix"], title, out / f"accuracy_matrix-{run.name}.png"
@@ -60,24 +80,83 @@ def render_report(
             continue
         drawn[key] = run.name
         title = (
-            f"{run.name}: training samples per client and class\n{describe_partition(run.config)}"
+            f"{run_label(run)}: training samples per client and class\n"
+            f"{describe_partition(run.config)}"
         )
         written.append(figures.partition(counts, title, out / f"partition-{run.name}.png"))
     written.append(
         figures.bytes_per_round(
-            {label: [r.bytes_per_round() for r in group] for label, group in by_label.items()},
+            {group.label: [r.bytes_per_round() for r in group.runs] for group in groups},
             out / "bytes_per_round.png",
+            methods,
+            setting,
         )
     )
     return written
 
 
-def group_by_label(runs: Sequence[RunResults]) -> dict[str, list[RunResults]]:
-    """Runs by label (folder name without `-seed<k>`), in the order first seen."""
-    groups: dict[str, list[RunResults]] = {}
+def run_label(run: RunResults) -> str:
+    """`<method> seed <k>`, from the run's config."""
+    return f"{run.config.get('method', '?')} seed {run.config.get('seed', '?')}"
+
+
+def group_runs(runs: Sequence[RunResults], echo: Callable[[str], None] = print) -> list[RunGroup]:
+    """Runs by method and config (all keys but SAME_EXPERIMENT_KEYS), in the order first
+    seen, each labelled `<method> (seed[s] ...)`; a method with several configs adds the keys
+    that tell its groups apart. Echoes one warning when the runs differ in more than method
+    and seed."""
+    by_config: dict[str, list[RunResults]] = {}
     for run in runs:
-        groups.setdefault(run.label, []).append(run)
+        by_config.setdefault(json.dumps(_experiment(run.config), sort_keys=True), []).append(run)
+    mixed = _differing_keys([_experiment(r.config) for r in runs], ignored={"method"})
+    if mixed:
+        echo(
+            "warning: these runs differ in more than method and seed: "
+            f"{_describe(mixed, runs)}; runs of one config are averaged, never across configs"
+        )
+    groups: list[RunGroup] = []
+    for members in by_config.values():
+        method = str(members[0].config.get("method", "?"))
+        siblings = [  # the first run of every config of this method
+            group[0] for group in by_config.values() if group[0].config.get("method") == method
+        ]
+        keys = _differing_keys([_experiment(r.config) for r in siblings], ignored=set())
+        seeds = sorted({int(r.config.get("seed", 0)) for r in members})
+        seed_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        setting = ", ".join(
+            f"{key}={_experiment(members[0].config)[key]}" for key in keys[:NAMED_DIFFERENCES]
+        )
+        label = f"{method} ({setting}; {seed_text})" if setting else f"{method} ({seed_text})"
+        if label in {group.label for group in groups}:  # differing beyond the keys named
+            label += f" [{members[0].name}]"
+        groups.append(RunGroup(label, method, members))
     return groups
+
+
+def _experiment(config: dict) -> dict:
+    """The saved config's keys that make a run a different experiment: the run-config keys
+    but SAME_EXPERIMENT_KEYS, and RUN_KEYS_BESIDE_CONFIG (what the server derives and stores
+    beside them, a run id or the class order, is left out). A key an older config.json lacks
+    counts as its default."""
+    defaults = ExperimentConfig().to_run_config()
+    keys = [k for k in defaults if k not in SAME_EXPERIMENT_KEYS] + list(RUN_KEYS_BESIDE_CONFIG)
+    return {key: config.get(key, defaults.get(key)) for key in keys}
+
+
+def _differing_keys(configs: Sequence[dict], ignored: set[str]) -> list[str]:
+    """The keys (sorted) whose value is not the same in every config."""
+    keys = sorted({key for config in configs for key in config} - ignored)
+    return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
+
+
+def _describe(keys: Sequence[str], runs: Sequence[RunResults]) -> str:
+    """`key (value of run a, value of run b ...)` for the first NAMED_DIFFERENCES keys."""
+    parts = []
+    for key in keys[:NAMED_DIFFERENCES]:
+        values = dict.fromkeys(json.dumps(_experiment(r.config).get(key)) for r in runs)
+        parts.append(f"{key} ({' / '.join(values)})")
+    more = len(keys) - NAMED_DIFFERENCES
+    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
 
 
 def partition_of(run: RunResults, echo: Callable[[str], None] = print) -> dict | None:

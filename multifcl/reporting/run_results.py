@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from multifcl.results.partition_file import PARTITION_FILE
 
-SEED_SUFFIX = re.compile(r"-seed\d+$")
 MISSING_HINT = "not a run folder, or one whose first task has not finished"
 
 
@@ -42,11 +40,6 @@ class RunResults:
     @property
     def name(self) -> str:
         return self.path.name
-
-    @property
-    def label(self) -> str:
-        """The folder name without a `-seed<k>` suffix: runs that differ only by seed share it."""
-        return SEED_SUFFIX.sub("", self.name)
 
     def partition(self) -> dict | None:
         """The saved partition.json, or None for runs written before it existed."""

@@ -72,6 +72,7 @@ class Checkpoint:
     `task` is the 0-based task in progress; `rounds_done` of its rounds are merged into
     `state`; the task is evaluated once `len(cil) > task`. `rounds_logged` is the number of
     rows of rounds.csv that belong to this point (later rows are dropped on resume).
+    `run_id` is the identity of the run that wrote it (None before run ids existed).
     """
 
     step: int
@@ -84,6 +85,7 @@ class Checkpoint:
     rounds_logged: int
     rng: RngStates
     cil_equizero: list[list[float]] = field(default_factory=list)  # eval-canonicalize only
+    run_id: str | None = None
 
     @property
     def task_evaluated(self) -> bool:
@@ -107,6 +109,7 @@ class Checkpoint:
         numpy_kind, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = self.rng.numpy
         meta = {
             "format": FORMAT_VERSION,
+            "run_id": self.run_id,
             "step": self.step,
             "task": self.task,
             "rounds_done": self.rounds_done,
@@ -163,6 +166,7 @@ class Checkpoint:
                 rounds_logged=int(meta["rounds_logged"]),
                 rng=rng,
                 cil_equizero=meta.get("cil_equizero", []),
+                run_id=meta.get("run_id"),
             )
         except CheckpointError as error:
             raise CheckpointError(f"checkpoint {str(path)!r} is unusable: {error}") from None

@@ -13,15 +13,25 @@ from multifcl.data import FederatedStream
 PARTITION_FILE = "partition.json"
 
 
-def partition_counts(data: FederatedStream, num_clients: int) -> dict:
-    """Per task: the task's stream classes and a clients x classes matrix of sample counts."""
+def partition_counts(
+    data: FederatedStream, num_clients: int, held: list[int] | None = None
+) -> dict:
+    """Per task: the task's stream classes and a clients x classes matrix of sample counts,
+    one row per partition in `held` (default: all `num_clients`), listed in `partition_ids`."""
     stream = data.stream
+    held = list(range(num_clients)) if held is None else list(held)
     tasks = []
     for task in stream:
         classes = np.arange(task.classes.start, task.classes.stop)
+        parts = data.client_parts(task, num_clients)
         counts = [
-            np.bincount(stream.train_labels[part] - classes[0], minlength=len(classes)).tolist()
-            for part in data.client_parts(task, num_clients)
+            np.bincount(stream.train_labels[parts[i]] - classes[0], minlength=len(classes)).tolist()
+            for i in held
         ]
         tasks.append({"task": task.index + 1, "classes": classes.tolist(), "counts": counts})
-    return {"num_clients": num_clients, "class_names": list(stream.class_names), "tasks": tasks}
+    return {
+        "num_clients": num_clients,
+        "partition_ids": held,
+        "class_names": list(stream.class_names),
+        "tasks": tasks,
+    }

@@ -3,6 +3,9 @@ accuracy.png (and TensorBoard events with `logger = "tensorboard"`).
 
 metrics.json and the plot are rewritten after every task (atomically), so an
 interrupted run still leaves consistent results for the tasks it finished.
+
+Each run has an identity, a random id written into config.json (`run-id`) and into every
+checkpoint, so a resume can tell its own checkpoints from another run's.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +22,9 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import FederatedStream
 from multifcl.features import remove_spilled_features
 from multifcl.metrics import RoundRecord, summarize
+from multifcl.reporting.figures import run_title
+from multifcl.results.checkpoints import FOLDER as CHECKPOINT_FOLDER
+from multifcl.results.checkpoints import TASK_FOLDER
 from multifcl.results.partition_file import PARTITION_FILE, partition_counts
 from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
 
@@ -30,34 +37,70 @@ FORMULAS = {
     "forgetting_first_task": "a[0][0] - a[T-1][0] (the MultiFCL paper's F)",
     "bwt": "mean over j < T-1 of a[T-1][j] - a[j][j]",
 }
+CONFIG_FILE = "config.json"
+RUN_ID_KEY = "run-id"
+# what a run writes first: a folder holding any of them belongs to a run
+RUN_FILES = (CONFIG_FILE, "rounds.csv", "metrics.json", CHECKPOINT_FOLDER, TASK_FOLDER)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def saved_run_id(folder: Path) -> str | None:
+    """The id in the run's config.json; None when it has none (a run from before run ids)
+    or the file cannot be read (the resume checks report that)."""
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get(RUN_ID_KEY) if isinstance(saved, dict) else None
 
 
 def default_output_dir(config: ExperimentConfig, base: Path, now: datetime | None = None) -> Path:
-    """`base/runs/<timestamp>-<method>`."""
+    """`base/runs/<timestamp>-<method>`, with `-2`, `-3`, ... when a run started in the same
+    second already has that folder."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return (base / "runs" / f"{stamp}-{config.method}").resolve()
+    folder = (base / "runs" / f"{stamp}-{config.method}").resolve()
+    suffix = 1
+    while (folder.parent / _suffixed(folder.name, suffix)).exists():
+        suffix += 1
+    return folder.parent / _suffixed(folder.name, suffix)
+
+
+def _suffixed(name: str, suffix: int) -> str:
+    return name if suffix == 1 else f"{name}-{suffix}"
 
 
 class RunDirectory:
-    """One run's output folder."""
+    """One run's output folder. A new run (not `resume`) gets `run_id` (a new one if not
+    given) and refuses a folder that already holds a run's files."""
 
-    def __init__(self, path: Path, logger: str = "none", resume: bool = False) -> None:
+    def __init__(
+        self, path: Path, logger: str = "none", resume: bool = False, run_id: str | None = None
+    ) -> None:
         self.path = path.resolve()
+        self.title = ""  # names method, data set and backbone once started
         if logger == "tensorboard":
             require_tensorboard()  # before any long work, not at the first round
         self._tensorboard: TensorBoardLog | None = None
-        if not resume and (self.path / "metrics.json").exists():
+        self.run_id = run_id if resume else run_id or new_run_id()
+        held = [name for name in RUN_FILES if (self.path / name).exists()]
+        if not resume and held:
             raise ConfigError(
                 f"run config key 'output-dir': {str(self.path)!r} already holds a run "
-                "(metrics.json); choose another folder"
+                f"({', '.join(held)}); continue it with resume-from='{self.path}' "
+                "or choose another folder"
             )
 
     def start(self, config: ExperimentConfig, extra: dict) -> None:
-        """Create the folder and write config.json and the rounds.csv header."""
+        """Create the folder and write config.json (with the run id) and the rounds.csv
+        header."""
         self.path.mkdir(parents=True, exist_ok=True)
         remove_spilled_features(self.path)
-        payload = {**config.to_run_config(), **extra}
-        replace_text_atomically(self.path / "config.json", json.dumps(payload, indent=2) + "\n")
+        payload = {RUN_ID_KEY: self.run_id, **config.to_run_config(), **extra}
+        self.title = run_title(payload)
+        replace_text_atomically(self.path / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
         with open(self.path / "rounds.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(RoundRecord.columns())
         self._open_tensorboard(config)
@@ -66,6 +109,7 @@ class RunDirectory:
         """Continue an interrupted run in this folder: rounds.csv keeps its header and first
         `rounds_kept` rows (rows written after the resumed checkpoint are dropped), under
         today's header (columns an older version did not write stay empty)."""
+        self.title = run_title(config.to_run_config())
         remove_spilled_features(self.path)
         with open(self.path / "rounds.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))[:rounds_kept]
@@ -80,9 +124,12 @@ class RunDirectory:
         if config.logger == "tensorboard":
             self._tensorboard = TensorBoardLog(self.path / "tensorboard", config.rounds_per_task)
 
-    def write_partition(self, data: FederatedStream, num_clients: int) -> None:
-        """Write partition.json: per task, the clients x classes training-sample counts."""
-        counts = partition_counts(data, num_clients)
+    def write_partition(
+        self, data: FederatedStream, num_clients: int, held: list[int] | None = None
+    ) -> None:
+        """Write partition.json: per task, the clients x classes training-sample counts of
+        the partitions in `held` (default: all)."""
+        counts = partition_counts(data, num_clients, held)
         replace_text_atomically(self.path / PARTITION_FILE, json.dumps(counts) + "\n")
 
     def append_round(self, record: RoundRecord) -> None:
@@ -144,11 +191,14 @@ class RunDirectory:
         axis.set(
             xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps
         )
+        axis.set_title(f"CIL accuracy per task\n{self.title}", fontsize=10)
         axis.legend(fontsize=7, ncol=2)
         axis.grid(alpha=0.3)
         figure.tight_layout()
         png = self.path / "accuracy.png"
-        replace_atomically(png, lambda stream: figure.savefig(stream, format="png", dpi=120))
+        replace_atomically(
+            png, lambda stream: figure.savefig(stream, format="png", dpi=120, bbox_inches="tight")
+        )
         plt.close(figure)
 
 
