@@ -130,6 +130,15 @@ class ExperimentConfig:
         _check_choice("head", self.head, HEADS)
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
         _check_choice("etf-map", self.etf_map, ETF_MAPS)
+        if (
+            self.head == "etf"
+            and self.method in ("multifcl", "pilora")
+            and self.etf_map != "batchnorm-linear"
+        ):
+            raise ConfigError(
+                f"run config key 'etf-map': {self.method}'s ETF experts always use a "
+                f"width-preserving linear projection, got {self.etf_map!r}"
+            )
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("lwf-ce-classes", self.lwf_ce_classes, LWF_CE_CLASSES)
         _check_choice("logger", self.logger, LOGGERS)

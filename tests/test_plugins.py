@@ -48,6 +48,8 @@ def test_an_unknown_etf_map_is_a_one_line_error_naming_the_key(tiny_config):
     with pytest.raises(ConfigError, match="'etf-map'") as error:
         tiny_config(method="finetune", head="etf", etf_map="relu")
     assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="'etf-map': multifcl's ETF experts"):
+        tiny_config(method="multifcl", head="etf", etf_map="batchnorm")
 
 
 CIFAR10_JPG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpg"
