@@ -130,15 +130,17 @@ class FinetuneMethod(Method):
         seen = task.seen_classes.stop
         total_loss, total_seen = 0.0, 0
         self.model.head.train()  # an ETF's BatchNorm map uses batch statistics while training
-        for _ in range(self.config.local_epochs):
-            training.start_epoch()
-            for images, labels in batches(data, self.config.batch_size, generator):
-                pixels = self.backbone.preprocess(images)
-                labels = labels.to(pixels.device)
-                total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
-                total_seen += len(labels)
+        try:
+            for _ in range(self.config.local_epochs):
+                training.start_epoch()
+                for images, labels in batches(data, self.config.batch_size, generator):
+                    pixels = self.backbone.preprocess(images)
+                    labels = labels.to(pixels.device)
+                    total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
+                    total_seen += len(labels)
+        finally:
+            self.model.head.eval()
         training.finish()  # nothing perturbed leaves the client
-        self.model.head.eval()
         metrics = {SECONDS_PER_STEP: training.seconds_per_step}
         if self.etf:
             metrics[CLASS_MEAN_COSINE] = self._class_mean_cosine(data)
