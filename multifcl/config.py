@@ -26,6 +26,7 @@ PROTOTYPE_REFINES = ("running-mean", "halving")
 OPTIMIZERS = ("sgd", "adamw", "msam", "msam-adamw", "sam")
 HEADS = ("default", "etf")
 ETF_LOSSES = ("dr", "ce")
+ETF_MAPS = ("batchnorm-linear", "linear", "batchnorm")
 LR_SCHEDULES = ("constant", "cosine", "tempbalance")
 LWF_CE_CLASSES = ("task", "seen")
 LOGGERS = ("none", "tensorboard")
@@ -87,6 +88,8 @@ class ExperimentConfig:
     rho: float = 0.0  # 0: the optimizer's documented default (msam 3.0, msam-adamw 3.0, sam 0.2)
     head: str = "default"
     etf_loss: str = "dr"
+    etf_map: str = "batchnorm-linear"  # the trained signed map in front of the ETF head
+    etf_dr_balance: bool = True  # dot regression weights classes by in-batch frequency (GivenEw)
     lr_schedule: str = "constant"
     tb_min: float = 0.5
     tb_max: float = 1.5
@@ -132,6 +135,16 @@ class ExperimentConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("head", self.head, HEADS)
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
+        _check_choice("etf-map", self.etf_map, ETF_MAPS)
+        if (
+            self.head == "etf"
+            and self.method in ("multifcl", "pilora")
+            and self.etf_map != "batchnorm-linear"
+        ):
+            raise ConfigError(
+                f"run config key 'etf-map': {self.method}'s ETF experts always use a "
+                f"width-preserving linear projection, got {self.etf_map!r}"
+            )
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("lwf-ce-classes", self.lwf_ce_classes, LWF_CE_CLASSES)
         _check_choice("logger", self.logger, LOGGERS)

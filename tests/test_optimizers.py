@@ -345,3 +345,22 @@ def test_build_optimizer_takes_an_explicit_rho_and_rejects_loudly() -> None:
         SAM(params, lr=0.1).step()
     with pytest.raises(ValueError, match="rho"):
         MSAM(params, lr=0.1, rho=-1.0)
+
+
+@pytest.mark.parametrize("make", [lambda p: MSAM(p, lr=0.1), lambda p: MSAMAdamW(p, lr=0.1)])
+def test_an_msam_step_never_reads_a_tensor_back_to_the_host(make, monkeypatch) -> None:
+    """No float(norm) or other device-to-host read per step (a sync on a GPU)."""
+    params, _ = grouped_params()
+    optimizer = make(params)
+    closure = closure_for(params, optimizer)
+    optimizer.step(closure)
+    closure()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor was read back to the host during an MSAM step")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    optimizer.step()
+    optimizer.move_to_unperturbed()
+    optimizer.move_to_perturbed()

@@ -1,12 +1,13 @@
 """The plug-ins (optimizer, ETF head, learning-rate schedule) inside the methods."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clients.client_app import train
-from multifcl.config import ConfigError
+from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.methods.base import CLASS_MEAN_COSINE, SECONDS_PER_STEP
 from multifcl.optim.local_training import LocalTraining
@@ -41,6 +42,47 @@ def test_finetune_with_an_etf_head_never_sends_the_vertices(tiny_config):
     assert not any("vertices" in key for key in update.arrays)
     assert set(update.arrays) == set(method.initial_state())
     assert -1.0 <= update.metrics[CLASS_MEAN_COSINE] <= 1.0
+
+
+def test_an_unknown_etf_map_is_a_one_line_error_naming_the_key(tiny_config):
+    with pytest.raises(ConfigError, match="'etf-map'") as error:
+        tiny_config(method="finetune", head="etf", etf_map="relu")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="'etf-map': multifcl's ETF experts"):
+        tiny_config(method="multifcl", head="etf", etf_map="batchnorm")
+
+
+CIFAR10_JPG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpg"
+
+
+@pytest.mark.skipif(not CIFAR10_JPG.is_dir(), reason=f"no CIFAR-10 image folder at {CIFAR10_JPG}")
+def test_etf_class_means_on_efficientnet_turn_negative_within_a_few_rounds(tmp_path):
+    """EfficientNet-Lite0's final feature is non-negative: without a signed map in front of
+    the ETF the class means stay at a positive cosine (+0.14 after a whole run)."""
+    config = ExperimentConfig(
+        method="finetune",
+        head="etf",
+        backbone="efficientnet-lite0",
+        dataset="imagefolder",
+        data_root=CIFAR10_JPG,
+        num_tasks=5,
+        max_train_per_class=24,
+        image_size=64,
+        batch_size=16,
+        partition="iid",
+        output_dir=tmp_path,
+    )
+    experiment = load_experiment(config)
+    method, task = experiment.method, experiment.data.stream.task(0)
+    state, cosines = method.initial_state(), []
+    for round_index in range(3):
+        updates = [
+            method.train_client(state, experiment.data.client_train_set(task, c, 2), task, c)
+            for c in range(2)
+        ]
+        state = method.merge(state, updates)
+        cosines.append(np.mean([update.metrics[CLASS_MEAN_COSINE] for update in updates]))
+    assert min(cosines) < 0, cosines
 
 
 def test_multifcl_with_etf_heads_trains_projections_not_prototypes(tiny_config):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from multifcl.config import ConfigError
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.optim.local_training import EXTRA_GROUP, LocalTraining
 from multifcl.optim.tempbalance import TempBalance, hill_alpha, layer_parameter_groups
 
 
@@ -35,9 +36,52 @@ def test_hill_alpha_of_a_known_power_law_spectrum():
     assert hill_alpha(weight.T.contiguous()) == pytest.approx(hill_alpha(weight), abs=1e-9)
 
 
-def test_hill_alpha_reads_a_conv_weight_as_out_by_in_times_kernel():
-    weight = weight_with_spectrum(geometric_spectrum(64, 0.05), rows=64, columns=72)
-    assert hill_alpha(weight.reshape(64, 8, 3, 3)) == pytest.approx(hill_alpha(weight), abs=1e-9)
+def official_hill_alpha(conv_weight: torch.Tensor) -> float:
+    """TempBalance's published computation ('median' fit, conv_norm 0.5, no zero filter),
+    written out from the paper's code: one (out x in) matrix per kernel position."""
+    matrix = torch.flatten(conv_weight.detach().double(), start_dim=2) * math.sqrt(0.5)
+    matrix = matrix.transpose(1, 2).transpose(0, 1)  # (k*k, out, in)
+    eigs, _ = torch.sort(torch.square(torch.linalg.svdvals(matrix).flatten()))
+    i = int(len(eigs) / 2)
+    n = float(len(eigs) - i)
+    logs = torch.log(eigs)
+    return float(1 + n / (torch.sum(logs[i:]) - n * logs[i]))
+
+
+def test_hill_alpha_of_a_3x3_conv_equals_the_official_per_kernel_computation():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 16, kernel_size=3)
+    nn.init.kaiming_normal_(conv.weight)
+    with torch.no_grad():  # a heavier tail at one kernel position
+        conv.weight[:, :, 1, 1] *= torch.logspace(0, 1, 24)
+    assert hill_alpha(conv.weight) == pytest.approx(official_hill_alpha(conv.weight), rel=1e-9)
+    # not the (out, in * k * k) reading: that spectrum has 16 eigenvalues, this one 9 x 16
+    assert hill_alpha(conv.weight) != pytest.approx(hill_alpha(conv.weight.flatten(1)), rel=1e-3)
+
+
+def test_a_3x3_conv_counts_its_eigenvalues_per_kernel_position():
+    narrow = nn.Sequential(nn.Linear(8, 8), nn.Conv2d(8, 8, 3), nn.Linear(8, 8))
+    groups = layer_parameter_groups(narrow)
+    assert [g["tb_eligible"] for g in groups] == [False, True, False]  # 9 x 8 = 72 >= 50
+    depthwise = nn.Sequential(nn.Linear(8, 8), nn.Conv2d(64, 64, 5, groups=64), nn.Linear(8, 8))
+    assert not layer_parameter_groups(depthwise)[1]["tb_eligible"]  # 25 x 1 eigenvalues
+
+
+def test_a_batch_norm_after_a_layer_takes_that_layers_group():
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 1),
+        nn.BatchNorm2d(64),
+        nn.Conv2d(64, 64, 1),
+        nn.BatchNorm2d(64),
+        nn.LayerNorm(64),
+        nn.BatchNorm2d(64),
+        nn.Linear(64, 10),
+    )
+    groups = {g["layer"]: g["params"] for g in layer_parameter_groups(model)}
+    assert groups["0"] == [model[0].weight, model[0].bias, model[1].weight, model[1].bias]
+    assert groups["2"][2:] == [model[3].weight, model[3].bias]
+    # a BatchNorm after anything but a layer keeps rate 1, with the other norms
+    assert groups["other"] == [model[4].weight, model[4].bias, model[5].weight, model[5].bias]
 
 
 def test_flat_spectrum_has_infinite_alpha():
@@ -113,3 +157,17 @@ def test_no_eligible_layer_is_a_one_line_error_naming_lr_schedule():
         TempBalance(adapters_and_prototypes)
     message = str(caught.value)
     assert "'lr-schedule'" in message and "\n" not in message
+
+
+def test_local_training_balances_extra_modules_as_layers_and_keeps_tensors_at_one():
+    config = ExperimentConfig(lr_schedule="tempbalance")
+    projections = [nn.Linear(64, 64) for _ in range(4)]  # ETF projections beside the module
+    prototypes = nn.Parameter(torch.randn(10, 64))
+    training = LocalTraining(config, nn.Module(), 1, extra=[*projections, prototypes])
+    layers = {group["layer"]: group for group in training.optimizer.param_groups}
+    assert [layers[f"{i}"]["params"][0] for i in (1, 2, 3, 4)] == [p.weight for p in projections]
+    assert layers[EXTRA_GROUP]["params"] == [prototypes]
+    assert set(training.balance.eligible) == {"2", "3"}  # first and last excluded
+    # extra layers none of which is eligible: plain cosine, as when only prototypes train
+    small = LocalTraining(config, nn.Module(), 1, extra=[nn.Linear(8, 8), prototypes])
+    assert small.balance is None

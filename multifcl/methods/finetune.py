@@ -31,17 +31,20 @@ from multifcl.optim.local_training import LocalTraining
 
 
 class TrainableTop(nn.Module):
-    """The frozen trunk, then trainable copies of the last block and final layer, and a head."""
+    """The frozen trunk, then trainable copies of the last block and final layer, and a head:
+    linear, or a fixed ETF behind the signed map `etf_map` (None: linear)."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, seed: int, etf: bool) -> None:
+    def __init__(
+        self, backbone: Backbone, num_classes: int, seed: int, etf_map: str | None
+    ) -> None:
         super().__init__()
         self.trunk = [backbone]  # a list keeps the shared backbone out of this state_dict
         self.block = copy.deepcopy(backbone.blocks[-1]).requires_grad_(True)
         self.final = copy.deepcopy(backbone.final).requires_grad_(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if etf:
-                self.head = ETFHead(backbone.feature_dim, num_classes, seed)
+            if etf_map is not None:
+                self.head = ETFHead(backbone.feature_dim, num_classes, seed, feature_map=etf_map)
             else:
                 self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.to(backbone.device)
@@ -84,7 +87,8 @@ class FinetuneMethod(Method):
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
         self.etf = config.head == "etf"
-        self.model = TrainableTop(backbone, self.num_classes, config.seed, self.etf)
+        self.etf_map = config.etf_map if self.etf else None
+        self.model = TrainableTop(backbone, self.num_classes, config.seed, self.etf_map)
         self.model.eval()  # no dropout: runs are reproducible from the seed
         self._initial_state = self._current_state()
 
@@ -110,7 +114,10 @@ class FinetuneMethod(Method):
     def _features_loss(self, features: torch.Tensor, labels: torch.Tensor, seen: int):
         """Cross-entropy over the seen classes, or `etf-loss` towards the fixed vertices."""
         if self.etf:
-            return etf_loss(self.model.head, features, labels, self.config.etf_loss, seen)
+            config = self.config
+            return etf_loss(
+                self.model.head, features, labels, config.etf_loss, seen, config.etf_dr_balance
+            )
         return F.cross_entropy(self.model.head(features)[:, :seen], labels)
 
     def train_client(
@@ -122,13 +129,17 @@ class FinetuneMethod(Method):
         generator = torch.Generator().manual_seed(seed)
         seen = task.seen_classes.stop
         total_loss, total_seen = 0.0, 0
-        for _ in range(self.config.local_epochs):
-            training.start_epoch()
-            for images, labels in batches(data, self.config.batch_size, generator):
-                pixels = self.backbone.preprocess(images)
-                labels = labels.to(pixels.device)
-                total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
-                total_seen += len(labels)
+        self.model.head.train()  # an ETF's BatchNorm map uses batch statistics while training
+        try:
+            for _ in range(self.config.local_epochs):
+                training.start_epoch()
+                for images, labels in batches(data, self.config.batch_size, generator):
+                    pixels = self.backbone.preprocess(images)
+                    labels = labels.to(pixels.device)
+                    total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
+                    total_seen += len(labels)
+        finally:
+            self.model.head.eval()
         training.finish()  # nothing perturbed leaves the client
         metrics = {SECONDS_PER_STEP: training.seconds_per_step}
         if self.etf:

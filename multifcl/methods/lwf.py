@@ -41,7 +41,7 @@ class LwFMethod(FinetuneMethod):
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
-        self.teacher = TrainableTop(backbone, self.num_classes, config.seed, self.etf)
+        self.teacher = TrainableTop(backbone, self.num_classes, config.seed, self.etf_map)
         self.teacher.requires_grad_(False).eval()
         self._old_classes = 0  # classes of earlier tasks, for the client's current task
 

@@ -90,8 +90,9 @@ class MultiFCLMethod(Method):
             self._check_tempbalance()
         self.etf_heads = None
         if config.head == "etf":  # fixed simplex vertices; a trained projection per expert
+            classes, scale = self.num_classes, 1 / config.temperature
             self.etf_heads = nn.ModuleList(
-                ETFHead(dim, self.num_classes, config.seed + m, 1 / config.temperature, True)
+                ETFHead(dim, classes, config.seed + m, scale, "linear", max(dim, classes))
                 for m, dim in enumerate(self.tap_dims)
             ).to(backbone.device)
             self._initial_projections = self._projection_arrays()
@@ -246,7 +247,7 @@ class MultiFCLMethod(Method):
     def _train_etf_client(self, state, data, labels, task, trainable_set, features, seed):
         """ETF experts: the vertices are fixed; projections (every task) and adapters train."""
         self._load_projections(state)
-        projections = list(self._projection_parameters().values())
+        projections = [head.projection for head in self.etf_heads]  # TempBalance: layers
         loss, step_seconds = self._train(
             None, features, data, labels, task, trainable_set, seed, extra=projections
         )
@@ -361,9 +362,10 @@ class MultiFCLMethod(Method):
         seen = task.seen_classes.stop
         logits = [z[:, :seen] for z in self.all_expert_logits(features, prototypes)]
         if self.etf_heads is not None:
-            kind = self.config.etf_loss
+            kind, balanced = self.config.etf_loss, self.config.etf_dr_balance
             loss = sum(
-                etf_loss(head, f, target, kind, seen) for head, f in zip(self.etf_heads, features)
+                etf_loss(head, f, target, kind, seen, balanced)
+                for head, f in zip(self.etf_heads, features)
             )
         else:
             loss = sum(F.cross_entropy(z, target) for z in logits)

@@ -3,8 +3,8 @@
 The optimizer (`optimizer`: sgd, adamw, msam, msam-adamw, sam) steps with a closure; the
 learning rate follows `lr-schedule`: `constant`, `cosine` (annealed to 0 over the round's
 local steps) or `tempbalance` (cosine times per-layer factors from each layer's Hill alpha,
-recomputed once per local epoch; plain cosine while only non-layer tensors such as prototypes
-train). `finish()` moves MSAM's weights back to the unperturbed
+recomputed once per local epoch; plain cosine while only prototypes, or extra layers none of
+which is eligible, train). `finish()` moves MSAM's weights back to the unperturbed
 point: call it before anything leaves the client (upload, evaluation, prototypes).
 """
 
@@ -19,35 +19,43 @@ from torch import nn
 
 from multifcl.config import ExperimentConfig
 from multifcl.optim.factory import build_optimizer, restore_unperturbed
-from multifcl.optim.tempbalance import TempBalance
+from multifcl.optim.tempbalance import TempBalance, layer_parameter_groups
 
 EXTRA_GROUP = "extra"  # trainable tensors that are not layers (prototypes), factor 1
 
 
 class LocalTraining:
-    """Optimizer + schedule over `module`'s trainable parameters and `extra` tensors."""
+    """Optimizer + schedule over `module`'s trainable parameters and `extra` ones.
+
+    `extra` holds tensors that are not layers (prototypes: one group, factor 1) and modules
+    trained beside `module` (ETF projections), which TempBalance balances as layers.
+    """
 
     def __init__(
         self,
         config: ExperimentConfig,
         module: nn.Module,
         steps_per_epoch: int,
-        extra: Iterable[torch.Tensor] = (),
+        extra: Iterable[torch.Tensor | nn.Module] = (),
     ) -> None:
         self.config = config
         self.total_steps = max(1, steps_per_epoch * config.local_epochs)
         self.steps = 0
         self.seconds = 0.0
-        extra = list(extra)
-        self.balance = None
+        layers = [item for item in extra if isinstance(item, nn.Module)]
+        tensors = [item for item in extra if not isinstance(item, nn.Module)]
         has_layers = any(p.requires_grad for p in module.parameters())
+        if layers:
+            module = nn.ModuleList([module, *layers])
+            has_layers = has_layers or any(g["tb_eligible"] for g in layer_parameter_groups(module))
+        self.balance = None
         if config.lr_schedule == "tempbalance" and has_layers:
             self.balance = TempBalance(module, config.tb_min, config.tb_max)
             groups = self.balance.param_groups(config.lr)
         else:
             groups = [{"params": [p for p in module.parameters() if p.requires_grad]}]
-        if extra:
-            groups.append({"params": extra, "layer": EXTRA_GROUP})
+        if tensors:
+            groups.append({"params": tensors, "layer": EXTRA_GROUP})
         groups = [group for group in groups if group["params"]]
         self.optimizer = build_optimizer(config, groups)
 

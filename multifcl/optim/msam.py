@@ -31,7 +31,8 @@ from torch.optim.optimizer import ParamsT
 
 NORM_EPS = 1e-12  # keeps rho / ||d|| finite while the direction is still zero
 MSAM_RHO = 3.0  # the reference code's rho for MSAM (SGD and AdamW forms alike)
-# The scale rho_g / ||d|| of the perturbation a group carries now; 0.0: unperturbed.
+# The scale rho_g / ||d|| (a 0-dim tensor) of the perturbation a group carries now; None:
+# unperturbed. A tensor, so a step never waits for the device to report the norm.
 PERTURBATION_SCALE = "perturbation_scale"
 
 
@@ -39,7 +40,8 @@ class MomentumPerturbedOptimizer(Optimizer):
     """Shared bookkeeping of both MSAM forms: each group holds w - scale_g * d.
 
     Subclasses name the direction buffer in `direction_key` and implement `_descend`, the
-    base optimizer's update of one group from unperturbed weights.
+    base optimizer's update of one group's parameters (those with a gradient) from
+    unperturbed weights. Every update runs as `torch._foreach_*` over a group's tensors.
     """
 
     direction_key: ClassVar[str]
@@ -47,7 +49,7 @@ class MomentumPerturbedOptimizer(Optimizer):
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         if defaults["rho"] < 0:
             raise ValueError(f"MSAM rho must be >= 0, got {defaults['rho']}")
-        super().__init__(params, {**defaults, PERTURBATION_SCALE: 0.0})
+        super().__init__(params, {**defaults, PERTURBATION_SCALE: None})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float | torch.Tensor] | None = None) -> Any:
@@ -57,19 +59,24 @@ class MomentumPerturbedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.move_to_unperturbed()
+        descents = []
         for group in self.param_groups:
-            self._descend(group)
-        self.move_to_perturbed()
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            descents.append((params, self._descend(group, params) if params else 0.0))
+        self._perturb(descents)
         return loss
 
     @torch.no_grad()
     def move_to_unperturbed(self) -> None:
         """Put the unperturbed iterate w_t into the parameters (idempotent)."""
         for group in self.param_groups:
+            scale = group[PERTURBATION_SCALE]
             params, directions = self._with_direction(group)
-            if group[PERTURBATION_SCALE] != 0.0 and params:
-                torch._foreach_add_(params, directions, alpha=group[PERTURBATION_SCALE])
-            group[PERTURBATION_SCALE] = 0.0
+            if scale is not None and params:
+                torch._foreach_addcmul_(params, directions, [scale] * len(params))
+            group[PERTURBATION_SCALE] = None
 
     @torch.no_grad()
     def move_to_perturbed(self) -> None:
@@ -77,16 +84,31 @@ class MomentumPerturbedOptimizer(Optimizer):
 
         Groups already perturbed stay as they are.
         """
+        self._perturb([([], 0.0)] * len(self.param_groups))
+
+    def _perturb(self, descents: list[tuple[list[torch.Tensor], float]]) -> None:
+        """w <- w - scale_g d for every unperturbed group, and - lr_g d too for the group's
+        parameters that `_descend` left to move along d (one pass over the weights)."""
         pairs = [self._with_direction(group) for group in self.param_groups]
         directions = [direction for _, group_directions in pairs for direction in group_directions]
         if not directions:
             return
-        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions))))
-        for group, (params, group_directions) in zip(self.param_groups, pairs, strict=True):
-            if group[PERTURBATION_SCALE] != 0.0 or not params:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions)))
+        groups = zip(self.param_groups, pairs, descents, strict=True)
+        for group, (params, group_directions), (descended, rate) in groups:
+            if group[PERTURBATION_SCALE] is not None or not params:
                 continue
             scale = group["rho"] / (norm + NORM_EPS)
-            torch._foreach_add_(params, group_directions, alpha=-scale)
+            moving = {id(p) for p in descended} if rate else set()
+            for along, coefficient in ((True, scale + rate), (False, scale)):
+                chosen = [i for i, p in enumerate(params) if (id(p) in moving) == along]
+                if chosen:
+                    torch._foreach_addcmul_(
+                        [params[i] for i in chosen],
+                        [group_directions[i] for i in chosen],
+                        [coefficient] * len(chosen),
+                        value=-1.0,
+                    )
             group[PERTURBATION_SCALE] = scale
 
     def _with_direction(
@@ -96,8 +118,23 @@ class MomentumPerturbedOptimizer(Optimizer):
         params = [p for p in group["params"] if self.direction_key in self.state.get(p, {})]
         return params, [self.state[p][self.direction_key] for p in params]
 
-    def _descend(self, group: dict[str, Any]) -> None:
-        """The base optimizer's step for `group`, from unperturbed weights with their grads."""
+    def _states(self, params: list[torch.Tensor], keys: tuple[str, ...]) -> list[list]:
+        """Per key, the parameters' state tensors, created as zeros on first use."""
+        columns: list[list] = [[] for _ in keys]
+        for param in params:
+            state = self.state[param]
+            for column, key in zip(columns, keys, strict=True):
+                if key not in state:
+                    state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                column.append(state[key])
+        return columns
+
+    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> float:
+        """The base optimizer's step of `params` (the group's with a gradient), unperturbed.
+
+        Returns a rate r when the step is w <- w - r d and was left to the perturbation pass
+        (which then moves those parameters by -(r + scale) d at once), else 0.0.
+        """
         raise NotImplementedError
 
 
@@ -126,21 +163,14 @@ class MSAM(MomentumPerturbedOptimizer):
         defaults = {"lr": lr, "momentum": momentum, "rho": rho, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    def _descend(self, group: dict[str, Any]) -> None:
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            if param.grad.is_sparse:
-                raise RuntimeError("MSAM does not support sparse gradients")
-            gradient = param.grad
-            if group["weight_decay"] != 0:
-                gradient = gradient.add(param, alpha=group["weight_decay"])
-            state = self.state[param]
-            if self.direction_key not in state:
-                state[self.direction_key] = torch.zeros_like(param)
-            velocity = state[self.direction_key]
-            velocity.mul_(group["momentum"]).add_(gradient)
-            param.add_(velocity, alpha=-group["lr"])
+    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> float:
+        gradients = [p.grad for p in params]
+        if group["weight_decay"] != 0:
+            gradients = torch._foreach_add(gradients, params, alpha=group["weight_decay"])
+        (velocities,) = self._states(params, (self.direction_key,))
+        torch._foreach_mul_(velocities, group["momentum"])
+        torch._foreach_add_(velocities, gradients)
+        return group["lr"]  # w <- w - lr v, folded into the perturbation pass
 
 
 class MSAMAdamW(MomentumPerturbedOptimizer):
@@ -170,26 +200,24 @@ class MSAMAdamW(MomentumPerturbedOptimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "rho": rho, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    def _descend(self, group: dict[str, Any]) -> None:
+    def _descend(self, group: dict[str, Any], params: list[torch.Tensor]) -> float:
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            if param.grad.is_sparse:
-                raise RuntimeError("MSAMAdamW does not support sparse gradients")
-            gradient = param.grad
+        gradients = [p.grad for p in params]
+        first_moments, second_moments = self._states(params, (self.direction_key, "exp_avg_sq"))
+        steps = []
+        for param in params:
             state = self.state[param]
-            if not state:
-                state["step"] = 0
-                state[self.direction_key] = torch.zeros_like(param)
-                state["exp_avg_sq"] = torch.zeros_like(param)
-            state["step"] += 1
-            first_moment, second_moment = state[self.direction_key], state["exp_avg_sq"]
-            param.mul_(1 - lr * group["weight_decay"])
-            first_moment.mul_(beta1).add_(gradient, alpha=1 - beta1)
-            second_moment.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
-            bias_correction1 = 1 - beta1 ** state["step"]
-            bias_correction2 = 1 - beta2 ** state["step"]
-            denominator = (second_moment.sqrt() / bias_correction2**0.5).add_(group["eps"])
-            param.addcdiv_(first_moment, denominator, value=-lr / bias_correction1)
+            state["step"] = state.get("step", 0) + 1
+            steps.append(state["step"])
+        torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        torch._foreach_mul_(first_moments, beta1)
+        torch._foreach_add_(first_moments, gradients, alpha=1 - beta1)
+        torch._foreach_mul_(second_moments, beta2)
+        torch._foreach_addcmul_(second_moments, gradients, gradients, value=1 - beta2)
+        denominators = torch._foreach_sqrt(second_moments)
+        torch._foreach_div_(denominators, [(1 - beta2**step) ** 0.5 for step in steps])
+        torch._foreach_add_(denominators, group["eps"])
+        step_sizes = [-lr / (1 - beta1**step) for step in steps]
+        torch._foreach_addcdiv_(params, first_moments, denominators, step_sizes)
+        return 0.0

@@ -1,7 +1,8 @@
 """TempBalance: layer-wise learning rates from heavy-tailed self-regularization (TempBalance, NeurIPS 2023).
 
 Once per local epoch every eligible Linear/Conv layer gets the Hill estimate alpha of the
-power-law tail of its weight's eigenvalue spectrum. Heavier tails (small alpha) mark
+power-law tail of its weight's eigenvalue spectrum (a k x k convolution: the spectra of its
+k^2 out x in matrices, one per kernel position, pooled, as in the official code). Heavier tails (small alpha) mark
 well-trained layers, which get a smaller rate; light tails (large alpha) get a larger one:
 lr = global scheduled lr * factor, the factor linear in alpha over [tb_min, tb_max]
 (Zhou et al., "Temperature Balancing, Layer-wise Weight Analysis, and Neural Network
@@ -18,29 +19,42 @@ from torch import nn
 from multifcl.config import ConfigError
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d/3d and their subclasses
 MIN_EIGENVALUES = 50  # fewer give no usable tail: such layers keep factor 1
 OTHER_GROUP = "other"  # the group of every trainable parameter outside a Linear/Conv weight
 
 
-def eigenvalues(weight: torch.Tensor) -> torch.Tensor:
-    """The eigenvalues of W^T W, ascending, in float64 on the weight's device.
+def kernel_matrices(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as a stack of (out x in) matrices: one per kernel position of a conv
+    weight (out, in, *kernel), the weight itself for a Linear."""
+    if weight.dim() == 2:
+        return weight.unsqueeze(0)
+    return weight.flatten(start_dim=2).permute(2, 0, 1)
 
-    Conv weights are read as (out, in * kernel). The smaller of W^T W and W W^T is used:
-    both have the same nonzero eigenvalues, so there are min(out, in * kernel) of them
-    (the singular values squared, as in the TempBalance reference code).
+
+def eigenvalues(weight: torch.Tensor) -> torch.Tensor:
+    """The eigenvalues of W_k^T W_k of every kernel matrix W_k, pooled, ascending, in float64
+    on the weight's device: the squared singular values, as the official code computes them.
+
+    Per matrix the smaller of W^T W and W W^T is used (the same nonzero eigenvalues), so
+    there are kernel size x min(out, in) of them.
     """
-    matrix = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
-    gram = matrix.T @ matrix if matrix.shape[1] <= matrix.shape[0] else matrix @ matrix.T
-    return torch.linalg.eigvalsh(gram)
+    matrices = kernel_matrices(weight.detach()).to(torch.float64)
+    if matrices.shape[2] <= matrices.shape[1]:
+        grams = matrices.transpose(1, 2) @ matrices
+    else:
+        grams = matrices @ matrices.transpose(1, 2)
+    return torch.linalg.eigvalsh(grams).flatten().sort().values
 
 
 def eigenvalue_count(weight: torch.Tensor) -> int:
     """How many eigenvalues `eigenvalues(weight)` has."""
-    return min(weight.shape[0], weight[0].numel())
+    positions = weight[0, 0].numel() if weight.dim() > 2 else 1
+    return positions * min(weight.shape[0], weight.shape[1])
 
 
 def hill_alpha(weight: torch.Tensor) -> float:
-    """The Hill estimate of the power-law tail exponent of W^T W's eigenvalues.
+    """The Hill estimate of the power-law tail exponent of the weight's pooled eigenvalues.
 
     Sorted ascending, i = floor(N / 2), n = N - i: alpha = 1 + n / sum_{j>=i} ln(l_j / l_i).
     Eigenvalues are clamped to a tiny positive floor; a flat tail (e.g. an all-zero or
@@ -58,12 +72,14 @@ def hill_alpha(weight: torch.Tensor) -> float:
 def layer_parameter_groups(module: nn.Module, trainable_only: bool = True) -> list[dict]:
     """Optimizer parameter groups: one per Linear/Conv layer, one for everything else.
 
-    A layer with a (trainable) weight gets a group {"params": [weight, bias?], "layer": name,
-    "tb_eligible": bool}: its weight is always params[0]. Every other parameter (norms,
-    prototypes, a frozen layer's trainable bias, ...) goes to one group with layer "other"
-    (left out when empty). Eligible for TempBalance: not the first or last of these layers
-    in module order, and at least 50 eigenvalues. Groups carry only names and flags, so the
-    optimizer's state_dict stays plain.
+    A layer with a (trainable) weight gets a group {"params": [weight, bias?, ...], "layer":
+    name, "tb_eligible": bool}: its weight is always params[0]. A BatchNorm that directly
+    follows a layer in module order joins that layer's group, so it takes the layer's rate
+    (the official code's "order" rule). Every other parameter (other norms, prototypes, a
+    frozen layer's trainable bias, ...) goes to one group with layer "other" (left out when
+    empty). Eligible for TempBalance: not the first or last of these layers in module order,
+    and at least 50 eigenvalues. Groups carry only names and flags, so the optimizer's
+    state_dict stays plain.
     """
 
     def wanted(parameter: nn.Parameter | None) -> bool:
@@ -71,7 +87,14 @@ def layer_parameter_groups(module: nn.Module, trainable_only: bool = True) -> li
 
     layer_groups: list[dict] = []
     placed: set[int] = set()  # a shared (tied) parameter goes into one group only
+    previous_group = None  # the group of the module just before, if it was a layer
     for name, layer in module.named_modules():
+        if isinstance(layer, BATCH_NORMS) and previous_group is not None:
+            norm_params = [p for p in (layer.weight, layer.bias) if wanted(p)]
+            norm_params = [p for p in norm_params if id(p) not in placed]
+            previous_group["params"] += norm_params
+            placed.update(id(p) for p in norm_params)
+        previous_group = None
         if not isinstance(layer, LAYER_TYPES) or not wanted(layer.weight):
             continue
         if id(layer.weight) in placed:
@@ -81,7 +104,8 @@ def layer_parameter_groups(module: nn.Module, trainable_only: bool = True) -> li
             params.append(layer.bias)
         placed.update(id(p) for p in params)
         eligible = eigenvalue_count(layer.weight) >= MIN_EIGENVALUES
-        layer_groups.append({"params": params, "layer": name, "tb_eligible": eligible})
+        previous_group = {"params": params, "layer": name, "tb_eligible": eligible}
+        layer_groups.append(previous_group)
     for index in (0, -1):
         if layer_groups:
             layer_groups[index]["tb_eligible"] = False
