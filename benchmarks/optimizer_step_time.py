@@ -11,7 +11,7 @@ initial weights, builds the optimizer, warms up, then times `--steps` steps; the
 take turns within each repeat, so background load hits them alike. Prints, per case, the
 median seconds per step per optimizer and its ratio to sgd.
 
-    python benchmarks/optimizer_step_time.py [--steps 20] [--repeats 7] [--threads 0]
+    python benchmarks/optimizer_step_time.py [--steps 20] [--repeats 7] [--threads 1]
         [--batch-size 32] [--cases small full]
 """
 
@@ -145,19 +145,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's own")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the run config's torch-threads)"
+    )
     parser.add_argument("--batch-size", type=int, default=ExperimentConfig.batch_size)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
     config = ExperimentConfig(
         method="finetune",
         dataset="digits",
         backbone="vit-tiny",
         device="cpu",
         batch_size=args.batch_size,
+        torch_threads=args.threads,
     )
     experiment = load_experiment(config)
     prepared, seen = client_batches(experiment)
