@@ -17,8 +17,15 @@ from multifcl.metrics.resources import (
     release_cached_gpu_memory,
 )
 from multifcl.seeding import derive_seed
-from server.handshake import CLAIM, NUM_PARTITIONS, PARTITION_ID
-from strategies.records import ARRAYS, CONFIG, record_to_state, update_to_content
+from strategies.records import (
+    ARRAYS,
+    CLAIM,
+    CONFIG,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    record_to_state,
+    update_to_content,
+)
 
 app = ClientApp()
 

@@ -19,11 +19,7 @@ from flwr.serverapp import Grid
 from multifcl.data.fingerprint import DataFingerprint
 from multifcl.errors import FederationRefused
 from strategies.continual import destinations, error_reason
-from strategies.records import CONFIG
-
-HANDSHAKE = "query.handshake"  # the message type; the ClientApp's @app.query("handshake")
-CLAIM = "claim"  # the reply's ConfigRecord: partition id, number of partitions, fingerprint
-PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
+from strategies.records import CLAIM, CONFIG, HANDSHAKE, NUM_PARTITIONS, PARTITION_ID
 
 
 @dataclass(frozen=True)

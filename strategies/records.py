@@ -18,6 +18,9 @@ CONFIG = "config"
 METRICS = "metrics"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
+HANDSHAKE = "query.handshake"  # the message type; the ClientApp's @app.query("handshake")
+CLAIM = "claim"  # the reply's ConfigRecord: partition id, number of partitions, fingerprint
+PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 
 
 def state_to_record(state: State, float_dtype: str = "float32") -> ArrayRecord:

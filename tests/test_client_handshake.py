@@ -14,9 +14,9 @@ from clients.client_app import train
 from multifcl.config import ExperimentConfig
 from multifcl.data.fingerprint import split_fingerprint
 from multifcl.data.sources import load_splits
+from multifcl.errors import FederationRefused
 from multifcl.experiment import load_experiment
 from server.continual_loop import run_continual_learning
-from server.handshake import FederationRefused
 from server.in_process_grid import InProcessGrid
 from tests.test_data_sources import make_image_folder
 
