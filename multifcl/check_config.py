@@ -12,11 +12,9 @@ and names it only in the SuperLink's log; a bad value ends the run `failed` afte
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 
-from multifcl.cli import CommandError
-from multifcl.compare import APP_DIR, RunConfig, app_defaults, parse_key_values
+from multifcl.compare import APP_DIR, RunConfig, app_defaults, parse_key_values, read_preset
 from multifcl.config import ExperimentConfig
 
 SUMMARY = "validate run-config overrides (files or key=value pairs) against the app's keys"
@@ -24,14 +22,7 @@ SUMMARY = "validate run-config overrides (files or key=value pairs) against the 
 
 def read_overrides(text: str) -> RunConfig:
     """One `-c` value: a TOML file when it names one, else `key=value` pairs."""
-    if text.endswith(".toml"):
-        try:
-            return tomllib.loads(Path(text).read_text())
-        except OSError as error:
-            raise CommandError(f"-c: file {text!r} cannot be read: {error}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise CommandError(f"-c: file {text!r} is not valid TOML: {error}") from None
-    return parse_key_values(text, "-c")
+    return read_preset(text, "-c") if text.endswith(".toml") else parse_key_values(text, "-c")
 
 
 def check(overrides: list[str], app_dir: Path = APP_DIR) -> ExperimentConfig:

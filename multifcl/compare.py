@@ -309,18 +309,23 @@ def _row(row: str) -> tuple[str, RunConfig]:
                 "nor a preset .toml file"
             )
         return row, {"method": row}
-    path = Path(row)
+    pairs = read_preset(row, "--methods")
+    _refuse_reserved(pairs, f"preset file {row!r}")
+    return Path(row).stem, pairs
+
+
+def read_preset(file: str, option: str) -> RunConfig:
+    """A preset .toml file's flat `key = value` pairs, or one line naming `option` and file."""
     try:
-        pairs = tomllib.loads(path.read_text())
+        pairs = tomllib.loads(Path(file).read_text())
     except OSError as error:
-        raise CommandError(f"--methods: preset file {row!r} cannot be read: {error}") from None
+        raise CommandError(f"{option}: preset file {file!r} cannot be read: {error}") from None
     except tomllib.TOMLDecodeError as error:
-        raise CommandError(f"--methods: preset file {row!r} is not valid TOML: {error}") from None
+        raise CommandError(f"{option}: preset file {file!r} is not valid TOML: {error}") from None
     for key, value in pairs.items():
         if not isinstance(value, bool | int | float | str):
-            raise CommandError(f"--methods: preset file {row!r}: key {key!r} is not a flat value")
-    _refuse_reserved(pairs, f"preset file {row!r}")
-    return path.stem, pairs
+            raise CommandError(f"{option}: preset file {file!r}: key {key!r} is not a flat value")
+    return pairs
 
 
 def _refuse_reserved(pairs: Mapping[str, object], where: str) -> None:
