@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--num-tasks", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/poisoning/results.json"))
+    parser.add_argument("--rules", nargs="+", choices=ROBUST_MERGES, default=list(ROBUST_MERGES))
     args = parser.parse_args()
     base = ExperimentConfig(
         method="prototypes",
@@ -166,7 +167,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for n, a, attack in rows:
             cells = {}
-            for rule in ROBUST_MERGES:
+            for rule in args.rules:
                 started = time.perf_counter()
                 folder = Path(scratch) / f"{n}-{a}-{attack}-{rule}".replace(" ", "")
                 metrics = run(base, folder, n, a, attack, rule)
@@ -179,10 +180,10 @@ def main() -> None:
             results.append({"clients": n, "attackers": a, "attack": attack or "none", **cells})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
-    print("\n| clients | attackers | attack | " + " | ".join(ROBUST_MERGES) + " |")
-    print("|---|---|---|" + "---|" * len(ROBUST_MERGES))
+    print("\n| clients | attackers | attack | " + " | ".join(args.rules) + " |")
+    print("|---|---|---|" + "---|" * len(args.rules))
     for r in results:
-        cells = " | ".join(f"{r[rule]:.1f}" for rule in ROBUST_MERGES)
+        cells = " | ".join(f"{r[rule]:.1f}" for rule in args.rules)
         print(f"| {r['clients']} | {r['attackers']} | {r['attack']} | {cells} |")
 
 

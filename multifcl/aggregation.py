@@ -123,9 +123,13 @@ def merge_class_rows(
         for c, value, weight in zip(classes.tolist(), values, weights):
             senders.setdefault(c, []).append((value.astype(np.float64), float(weight)))
     for c in np.flatnonzero(reported).tolist():
-        values, weights = zip(*senders[c])
-        current = rows[c].astype(np.float64)
-        merged_rows[c] = rule.combine(np.stack(values), np.array(weights), current)
+        values = np.stack([value for value, _ in senders[c]])
+        weights = np.array([weight for _, weight in senders[c]])
+        # a row is replaced by a fresh estimate each round, not moved by a step: norm-clip
+        # bounds each sender's distance from the senders' median row, not from the old row
+        # (which is all zeros before a class's first merge)
+        reference = np.median(values, axis=0)
+        merged_rows[c] = rule.combine(values, weights, reference)
     return merged_rows, merged_counts
 
 

@@ -40,10 +40,20 @@ def replace_text_atomically(path: Path, text: str) -> None:
 
 
 def _umask() -> int:
-    """The process's umask (reading it means setting it: restored at once)."""
+    """The process's umask, read from /proc where it can be (setting it to read it, the
+    fallback, would briefly change what other threads' new files get)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+UMASK = _umask()  # read once, at import: setting it per write would race other threads' files
 
 
 def _fsync_folder(folder: Path) -> None:

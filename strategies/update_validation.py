@@ -155,7 +155,9 @@ def _change_outliers(key: str, current: np.ndarray, updates, ratio: float) -> di
         for node, u in updates.items()
         if key in u.arrays  # a FedAvg update may leave a key out
     }
-    median = float(np.median(list(changes.values()))) if changes else 0.0
+    if len(changes) < MIN_VOTES:  # too few to say what a usual change is
+        return {}
+    median = float(np.median(list(changes.values())))
     bound = max(median * ratio, FLOAT16_ROUNDING * (float(np.linalg.norm(current)) + 1.0))
     return {
         node: f"key {key!r} changed by {change:.3g}, more than {ratio:g}x the median "

@@ -170,3 +170,23 @@ def test_a_folder_that_is_not_a_run_is_refused_in_one_line(tmp_path, capsys, mak
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("multifcl report: ") and message in err and "\n" not in err
+
+
+def test_the_partition_heatmap_labels_rows_by_the_partitions_held(tmp_path, monkeypatch):
+    """With allow-missing-partitions, partition.json holds rows only for the partitions held;
+    the figure names each row by its partition id, not by its position."""
+    from multifcl.reporting import figures
+
+    labels = []
+    monkeypatch.setattr(
+        "matplotlib.axes.Axes.set_yticks",
+        lambda self, ticks, names=None, **kw: labels.append(list(names)),
+    )
+    counts = {
+        "num_clients": 2,
+        "partition_ids": [1],
+        "class_names": ["a", "b"],
+        "tasks": [{"task": 1, "classes": [0, 1], "counts": [[5, 7]]}],
+    }
+    figures.partition(counts, "held", tmp_path / "partition.png")
+    assert labels == [["1"]]

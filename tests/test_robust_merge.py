@@ -120,3 +120,20 @@ def test_each_bad_robustness_value_is_a_one_line_error_naming_its_key(key, value
         ExperimentConfig(**{key: value})
     assert "\n" not in str(raised.value)
     assert ExperimentConfig(max_row_norm_ratio=0, max_change_ratio=0).robust_merge == "none"
+
+
+def test_norm_clip_of_a_first_class_row_keeps_the_honest_mean():
+    """A class's row starts at zeros and is replaced by a fresh mean each round: norm-clip
+    measures senders against their median row, so honest means keep their norm."""
+    from multifcl.aggregation import merge_class_rows
+
+    honest = [np.array([[10.0, 0.0]]), np.array([[11.0, 0.0]]), np.array([[12.0, 0.0]])]
+    rows, counts = merge_class_rows(
+        np.zeros((1, 2), np.float32),
+        np.zeros(1),
+        [np.array([0])] * 3,
+        honest,
+        [np.array([1.0])] * 3,
+        MergeRule("norm-clip"),
+    )
+    assert rows[0, 0] == pytest.approx(11.0) and counts[0] == 3

@@ -42,6 +42,7 @@ class LocalTraining:
         self.total_steps = max(1, steps_per_epoch * config.local_epochs)
         self.steps = 0
         self.seconds = 0.0
+        extra = list(extra)  # read twice below
         layers = [item for item in extra if isinstance(item, nn.Module)]
         tensors = [item for item in extra if not isinstance(item, nn.Module)]
         has_layers = any(p.requires_grad for p in module.parameters())

@@ -191,7 +191,8 @@ def partition(counts: Mapping, title: str, path: Path) -> Path:
     All tasks share one colour scale; counts are written in the cells while they fit.
     """
     tasks = counts["tasks"]
-    num_clients = counts["num_clients"]
+    held = counts.get("partition_ids", list(range(counts["num_clients"])))  # one row each
+    num_clients = len(held)
     classes_per_task = max(len(task["classes"]) for task in tasks)
     annotated = num_clients * classes_per_task <= MAX_ANNOTATED_CELLS
     cell_width, cell_height = (0.5, 0.32) if annotated else (0.22, 0.18)  # inches
@@ -220,7 +221,7 @@ def partition(counts: Mapping, title: str, path: Path) -> Path:
                     )
             _class_ticks(axis, task["classes"], counts["class_names"])
             client_ticks = list(range(0, num_clients, math.ceil(num_clients / MAX_NAMED_TICKS)))
-            axis.set_yticks(client_ticks, [str(c) for c in client_ticks])
+            axis.set_yticks(client_ticks, [str(held[c]) for c in client_ticks])
             axis.set_title(f"task {task['task']}")
         for axis in flat[len(tasks) :]:
             axis.set_visible(False)
