@@ -198,6 +198,20 @@ class ExperimentConfig:
         if self.data_root is not None and self.dataset == "imagefolder":
             _check_folder("data-root", self.data_root)
         _check_choice("robust-merge", self.robust_merge, ROBUST_MERGES)
+        if (
+            self.method == "pilora"
+            and self.pilora_reweight
+            and self.robust_merge
+            in (
+                "trimmed-mean",
+                "median",
+            )
+        ):
+            raise ConfigError(
+                f"run config key 'robust-merge': {self.robust_merge!r} ignores the weights, and "
+                "pilora's prototype merge is weighted by count x confidence; use 'none' or "
+                "'norm-clip', or pilora-reweight=false"
+            )
         if not 0 < self.robust_trim_fraction < 0.5:
             raise ConfigError(
                 "run config key 'robust-trim-fraction': must be in (0, 0.5), "
