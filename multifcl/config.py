@@ -22,7 +22,8 @@ ADAPTERS = ("bottleneck", "lora")
 ADAPTER_POLICIES = ("first-task", "per-task")
 KD_WEIGHTINGS = ("entropy", "inverse-kl", "uniform")
 INFERENCES = ("final", "ensemble")
-PROTOTYPE_REFINES = ("running-mean", "halving")
+PROTOTYPE_REFINES = ("per-epoch", "running-mean", "halving")
+TASK1_SCHEDULES = ("two-phase", "joint")
 OPTIMIZERS = ("sgd", "adamw", "msam", "msam-adamw", "sam")
 HEADS = ("default", "etf")
 ETF_LOSSES = ("dr", "ce")
@@ -71,7 +72,9 @@ class ExperimentConfig:
     adapter_policy: str = "first-task"
     text_encoder: str = "auto"
     text_init_topk: int = 1
-    prototype_refine: str = "running-mean"
+    prototype_refine: str = "per-epoch"  # Algorithm 1 line 24, once per local epoch
+    prototype_lr: float = 0.05  # learning rate of the experts' (unit-norm) prototypes
+    task1_schedule: str = "two-phase"  # adapters alone, frozen, then experts (Algorithm 1)
     num_experts: int = 4
     temperature: float = 0.0625
     kd_lambda: float = 0.5
@@ -99,7 +102,7 @@ class ExperimentConfig:
     pilora_pull_lambda: float = 0.1  # weight of the pull of features to their prototype
     pilora_reweight: bool = True  # server weighs client prototypes by count x confidence
     lwf_temperature: float = 2.0  # distillation temperature
-    lwf_lambda: float = 1.0  # weight of the distillation towards the previous task's model
+    lwf_lambda: float = 3.0  # weight of the distillation towards the previous task's model
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
@@ -132,6 +135,7 @@ class ExperimentConfig:
         _check_choice("kd-weighting", self.kd_weighting, KD_WEIGHTINGS)
         _check_choice("inference", self.inference, INFERENCES)
         _check_choice("prototype-refine", self.prototype_refine, PROTOTYPE_REFINES)
+        _check_choice("task1-schedule", self.task1_schedule, TASK1_SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("head", self.head, HEADS)
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
@@ -155,7 +159,7 @@ class ExperimentConfig:
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
-        positive += ("round-timeout", "torch-threads")
+        positive += ("round-timeout", "torch-threads", "prototype-lr")
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
@@ -185,6 +189,17 @@ class ExperimentConfig:
             raise ConfigError(
                 "run config key 'use-self-kd': self-distillation needs several experts; "
                 "set use-experts=true or use-self-kd=false"
+            )
+        if (
+            self.method == "multifcl"
+            and self.use_adapters
+            and self.task1_schedule == "two-phase"
+            and self.rounds_per_task < 2
+        ):
+            raise ConfigError(
+                "run config key 'task1-schedule': 'two-phase' trains the adapters alone and "
+                "then the experts on the frozen adapters, so it needs rounds-per-task >= 2, "
+                f"got {self.rounds_per_task}; raise rounds-per-task or set task1-schedule='joint'"
             )
         if self.max_train_per_class is not None:
             _check_positive("max-train-per-class", self.max_train_per_class)

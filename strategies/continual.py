@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import Strategy
 
 from multifcl.data import Task, TaskStream
 from multifcl.methods import ClientUpdate, Method, State
-from multifcl.methods.base import CLASS_MEAN_COSINE, SECONDS_PER_STEP
+from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
 from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
 from strategies.records import (
@@ -202,6 +202,7 @@ class ContinualStrategy(Strategy):
         record.merged = len(merged_updates) >= needed
         if not record.merged:
             record.train_loss = record.seconds_per_step = record.class_mean_cosine = None
+            record.prototype_movement = None
             self._report(record)
             raise TooFewReplies(
                 f"task {task_number} round {server_round}: {len(merged_updates)} of "
@@ -228,6 +229,7 @@ class ContinualStrategy(Strategy):
         loss = _weighted_mean(updates, lambda u: u.train_loss)
         step_time = _weighted_mean(updates, lambda u: u.metrics.get(SECONDS_PER_STEP))
         cosine = _weighted_mean(updates, lambda u: u.metrics.get(CLASS_MEAN_COSINE))
+        movement = _weighted_mean(updates, lambda u: u.metrics.get(PROTOTYPE_MOVEMENT))
         client_seconds = [u.metrics[CLIENT_SECONDS] for u in updates if CLIENT_SECONDS in u.metrics]
         peaks = [u.metrics[PEAK_RSS_MB] for u in updates if PEAK_RSS_MB in u.metrics]
         return RoundRecord(
@@ -240,6 +242,7 @@ class ContinualStrategy(Strategy):
             train_loss=None if loss is None else round(loss, 6),
             seconds_per_step=None if step_time is None else round(step_time, 6),
             class_mean_cosine=None if cosine is None else round(cosine, 6),
+            prototype_movement=None if movement is None else round(movement, 6),
             client_seconds=round(sum(client_seconds), 3) if client_seconds else None,
             client_peak_rss_mb=round(max(peaks), 1) if peaks else None,
             attempt=self._attempt,

@@ -48,7 +48,7 @@ def test_distillation_on_a_hand_made_example():
     by_hand_t1 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     assert distillation_loss(student, teacher, 1.0).item() == pytest.approx(by_hand_t1, abs=1e-6)
     q = math.sqrt(3.0) / (1.0 + math.sqrt(3.0))  # softmax of the teacher at T = 2
-    by_hand_t2 = 4.0 * (q * math.log(q / 0.5) + (1 - q) * math.log((1 - q) / 0.5))
+    by_hand_t2 = q * math.log(q / 0.5) + (1 - q) * math.log((1 - q) / 0.5)
     assert distillation_loss(student, teacher, 2.0).item() == pytest.approx(by_hand_t2, abs=1e-6)
     assert distillation_loss(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-7)
     distillation_loss(student, teacher, 2.0).backward()
@@ -75,14 +75,16 @@ def test_lwf_loss_adds_distillation_on_old_classes_only(ce_classes, tiny_config)
             cross_entropy = torch.nn.functional.cross_entropy(student[:, 2:4], labels - 2)
         else:
             cross_entropy = plain_by_hand
-        by_hand = cross_entropy + (
-            0.5
-            * 4.0
-            * torch.nn.functional.kl_div(
-                torch.log_softmax(student[:, :2] / 2, 1),
-                torch.log_softmax(teacher[:, :2] / 2, 1),
-                log_target=True,
-                reduction="batchmean",
+        by_hand = (
+            cross_entropy
+            + (  # PyCIL's form: no T^2
+                0.5
+                * torch.nn.functional.kl_div(
+                    torch.log_softmax(student[:, :2] / 2, 1),
+                    torch.log_softmax(teacher[:, :2] / 2, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
             )
         )
         method.teacher.head.bias[2:] += 5.0  # new classes' teacher logits do not matter

@@ -32,16 +32,26 @@ def attend_to_old_prototypes(
 
 
 def refine_prototype(init: torch.Tensor | None, features: torch.Tensor, rule: str) -> torch.Tensor:
-    """Refine an initial prototype with the class's features (in local order).
+    """The prototype a class starts local training from: its init refined once with the
+    class's features (in local order); without an init, the class mean.
 
-    `running-mean`: the mean of the init (as one pseudo-sample) and the features; without an
-    init, the class mean. `halving`: the paper's literal p_j = (p_{j-1} + f_j) / 2.
+    `per-epoch`: the init itself (the refinement runs in every local epoch, see
+    `halve_towards`). `running-mean`: the mean of the init (as one pseudo-sample) and the
+    features. `halving`: p_j = (p_{j-1} + f_j) / 2 over the samples, once.
     """
     if init is None:
         return features.mean(0)
+    if rule == "per-epoch":
+        return init
     if rule == "running-mean":
         return (init + features.sum(0)) / (len(features) + 1)
     prototype = init
     for feature in features:
         prototype = (prototype + feature) / 2
     return prototype
+
+
+def halve_towards(prototype: torch.Tensor, class_mean: torch.Tensor) -> torch.Tensor:
+    """One per-epoch refinement (Algorithm 1, line 24): p(j) = (p(j-1) + f'(x_j)) / 2, with
+    the epoch's class feature f'(x_j) read as the class's mean local feature."""
+    return (prototype + class_mean) / 2

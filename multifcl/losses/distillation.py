@@ -9,11 +9,13 @@ import torch.nn.functional as F
 def distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch.
+    """KL(softmax(teacher / T) || softmax(student / T)), mean over the batch.
 
-    The T^2 factor keeps the gradient's size independent of T. The teacher is detached.
+    PyCIL's LwF form: its soft-target cross-entropy has this gradient (the two differ by the
+    teacher's entropy, a constant), and neither multiplies by Hinton's T^2, so PyCIL's
+    weight (lamda = 3 at T = 2) means the same here. The teacher is detached.
     """
     student = F.log_softmax(student_logits / temperature, dim=1)
     teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     divergence = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
-    return temperature**2 * divergence
+    return divergence

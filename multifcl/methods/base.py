@@ -25,12 +25,14 @@ State = dict[str, np.ndarray]
 
 SECONDS_PER_STEP = "seconds-per-step"  # optimizer step time (MSAM/SAM cost against SGD)
 CLASS_MEAN_COSINE = "class-mean-cosine"  # mean pairwise cosine of class means (ETF heads)
+PROTOTYPE_MOVEMENT = "prototype-movement"  # trained prototypes: |optimizer's step| / |row|
 
 
 @dataclass
 class ClientUpdate:
     """What one client sends back after a round: arrays, sample count, mean training loss,
-    and training diagnostics (`SECONDS_PER_STEP`, `CLASS_MEAN_COSINE`)."""
+    and training diagnostics (`SECONDS_PER_STEP`, `CLASS_MEAN_COSINE`,
+    `PROTOTYPE_MOVEMENT`)."""
 
     arrays: State
     num_examples: int

@@ -37,12 +37,14 @@ from multifcl.heads.multi_expert import (
 )
 from multifcl.heads.prototype_initialization import (
     attend_to_old_prototypes,
+    halve_towards,
     nearest_old_classes,
     refine_prototype,
 )
 from multifcl.losses.self_distillation import self_distillation_loss
 from multifcl.methods.base import (
     CLASS_MEAN_COSINE,
+    PROTOTYPE_MOVEMENT,
     SECONDS_PER_STEP,
     ClientUpdate,
     Method,
@@ -53,6 +55,7 @@ from multifcl.optim.local_training import LocalTraining
 from multifcl.optim.tempbalance import TempBalance
 
 ADAPTER_PREFIX = "adapter/"
+ADAPTER_ROUNDS = "adapter-rounds"  # per adapter set: merged rounds of its adapter-only phase
 COUNTS = "class-counts"
 PROJECTION_PREFIX = "etf-projection/expert-"
 logger = logging.getLogger(__name__)
@@ -118,6 +121,8 @@ class MultiFCLMethod(Method):
                 for m in range(len(self.taps))
             }
         state[COUNTS] = np.zeros(self.num_classes, np.float32)
+        if self.adapters is not None:
+            state[ADAPTER_ROUNDS] = np.zeros(self.policy.num_sets, np.int64)
         state.update({k: v.copy() for k, v in self._initial_adapters.items()})
         return state
 
@@ -201,55 +206,107 @@ class MultiFCLMethod(Method):
             key, lambda: self._encode(data.images), self.encoder.device
         )
 
+    # --- schedule: Algorithm 1's two phases ------------------------------------------------
+    def _adapter_phase(self, state: State, task: Task) -> bool:
+        """Whether this round trains the adapters alone (`task1-schedule = "two-phase"`):
+        every round of an adapter set's task but the last, which trains the experts on the
+        frozen adapters (Algorithm 1: adapters fine-tuned, frozen as w*, then experts)."""
+        trainable = self._trainable_set(task)
+        if trainable is None or self.config.task1_schedule != "two-phase":
+            return False
+        return int(state[ADAPTER_ROUNDS][trainable]) < self.config.rounds_per_task - 1
+
+    def _training_set(self, state: State, task: Task) -> int | None:
+        """The adapter set this round trains, if any."""
+        trainable = self._trainable_set(task)
+        if self.config.task1_schedule == "joint" or self._adapter_phase(state, task):
+            return trainable
+        return None
+
+    def _classes_to_initialise(self, state: State, task: Task, classes, adapter_phase: bool):
+        """Local classes whose rows start from the (multi-modal) init this round: all of them
+        while the adapters train alone, or without trained prototypes; with two phases, all
+        of them again in the experts' first round after the adapters froze (the rows set
+        during the adapter phase are stale); otherwise the classes new to the federation."""
+        local = [int(c) for c in classes]
+        resync = self.config.task1_schedule == "two-phase" and self._trainable_set(task) is not None
+        if adapter_phase or resync or not self.config.use_experts:
+            return local
+        return [c for c in local if state[COUNTS][c] == 0]
+
     # --- client ----------------------------------------------------------------------------
     def train_client(
         self, state: State, data: InMemoryImages, task: Task, seed: int
     ) -> ClientUpdate:
         self._load_adapters(state)
-        trainable_set = self._trainable_set(task)
+        adapter_phase = self._adapter_phase(state, task)
+        training_set = self._training_set(state, task)
         labels = torch.as_tensor(data.labels)
         classes, counts = torch.unique(labels, return_counts=True)
         device = self.encoder.device
-        features = self._client_features(state, data, task, trainable_set)
+        features = self._client_features(state, data, task, training_set)
         if self.etf_heads is not None:
-            return self._train_etf_client(state, data, labels, task, trainable_set, features, seed)
+            return self._train_etf_client(
+                state, data, labels, task, training_set, features, seed, adapter_phase
+            )
         prototypes = [
             torch.tensor(state[prototype_key(m)], device=device) for m in range(len(self.taps))
         ]
-        # Experts' prototypes are trained from the global rows; new classes (and, without
-        # experts, every local class) start from the multi-modal init refined by features.
-        global_counts = state[COUNTS]
-        fresh = [
-            int(c) for c in classes if not self.config.use_experts or global_counts[int(c)] == 0
-        ]
-        self._initialise(prototypes, fresh, features, labels, task)
+        fresh = self._classes_to_initialise(state, task, classes, adapter_phase)
+        self._initialise(prototypes, fresh, features, labels, task, use_text=not adapter_phase)
 
         loss, metrics = None, {}
-        trains_prototypes = self.config.use_experts
-        if trains_prototypes or trainable_set is not None:
-            loss, step_seconds = self._train(
-                prototypes, features, data, labels, task, trainable_set, seed
+        trains_prototypes = self.config.use_experts and not adapter_phase
+        refined = [int(c) for c in classes] if self.config.prototype_refine == "per-epoch" else []
+        if trains_prototypes or training_set is not None:
+            loss, step_seconds, movement = self._train(
+                prototypes,
+                features,
+                data,
+                labels,
+                task,
+                training_set,
+                seed,
+                train_prototypes=trains_prototypes,
+                refined=refined if trains_prototypes else [],
             )
             metrics[SECONDS_PER_STEP] = step_seconds
-            if not trains_prototypes:  # fixed class-mean prototypes follow the new adapters
-                self._initialise(prototypes, fresh, self._encode(data.images), labels, task)
+            if movement is not None:
+                metrics[PROTOTYPE_MOVEMENT] = movement
+        if not trains_prototypes:  # fixed prototypes follow the trained adapters
+            if training_set is not None:
+                features = self._encode(data.images)
+                self._initialise(prototypes, fresh, features, labels, task, not adapter_phase)
+            self._refine(prototypes, self._class_means(features, labels, refined))
 
         arrays = {
             "class-ids": classes.numpy().astype(np.int64),
             COUNTS: counts.numpy().astype(np.float32),
         }
         for m, matrix in enumerate(prototypes):
-            arrays[prototype_key(m)] = matrix[classes.to(device)].detach().cpu().numpy()
-        if trainable_set is not None:
-            arrays.update(self._adapter_arrays([trainable_set]))
+            rows = self._as_row(matrix[classes.to(device)].detach())
+            arrays[prototype_key(m)] = rows.cpu().numpy()
+        if training_set is not None:
+            arrays.update(self._adapter_arrays([training_set]))
         return ClientUpdate(arrays, num_examples=len(data), train_loss=loss, metrics=metrics)
 
-    def _train_etf_client(self, state, data, labels, task, trainable_set, features, seed):
-        """ETF experts: the vertices are fixed; projections (every task) and adapters train."""
+    def _train_etf_client(
+        self, state, data, labels, task, training_set, features, seed, adapter_phase
+    ):
+        """ETF experts: the vertices are fixed; projections (every task) and adapters train
+        (while the adapters train alone, only the final expert's loss)."""
         self._load_projections(state)
         projections = [head.projection for head in self.etf_heads]  # TempBalance: layers
-        loss, step_seconds = self._train(
-            None, features, data, labels, task, trainable_set, seed, extra=projections
+        loss, step_seconds, _ = self._train(
+            None,
+            features,
+            data,
+            labels,
+            task,
+            training_set,
+            seed,
+            extra=projections,
+            final_only=adapter_phase,
         )
         classes, counts = torch.unique(labels, return_counts=True)
         arrays = {
@@ -257,19 +314,24 @@ class MultiFCLMethod(Method):
             COUNTS: counts.numpy().astype(np.float32),
             **self._projection_arrays(),
         }
-        if trainable_set is not None:
-            arrays.update(self._adapter_arrays([trainable_set]))
+        if training_set is not None:
+            arrays.update(self._adapter_arrays([training_set]))
         with torch.no_grad():
-            final = self._encode(data.images)[-1] if trainable_set is not None else features[-1]
+            final = self._encode(data.images)[-1] if training_set is not None else features[-1]
             projected = self.etf_heads[-1].projected(final)
         metrics = {SECONDS_PER_STEP: step_seconds}
         if len(classes) > 1:
             metrics[CLASS_MEAN_COSINE] = mean_pairwise_class_mean_cosine(projected.cpu(), labels)
         return ClientUpdate(arrays, num_examples=len(data), train_loss=loss, metrics=metrics)
 
-    def _initialise(self, prototypes, classes, features, labels, task) -> None:
+    def _as_row(self, rows: torch.Tensor) -> torch.Tensor:
+        """Trained prototypes live on the unit sphere (their step then does not shrink with
+        the feature scale); fixed class-mean prototypes keep the features' scale."""
+        return F.normalize(rows, dim=-1) if self.config.use_experts else rows
+
+    def _initialise(self, prototypes, classes, features, labels, task, use_text=True) -> None:
         """Set the rows of `classes`: text-guided init (old classes exist) refined by features."""
-        use_text = self.class_text is not None and task.index > 0
+        use_text = use_text and self.class_text is not None and task.index > 0
         old = range(task.classes.start)
         for c in classes:
             mask = labels == c
@@ -286,11 +348,30 @@ class MultiFCLMethod(Method):
                     attend_to_old_prototypes(indices, weights, p[: old.stop]) for p in prototypes
                 ]
             for m, matrix in enumerate(prototypes):
-                local = features[m][mask.to(features[m].device)]
-                row = refine_prototype(
-                    init[m], local.to(matrix.dtype), self.config.prototype_refine
-                )
-                matrix[c] = row.detach()
+                local = features[m][mask.to(features[m].device)].to(matrix.dtype)
+                if init[m] is not None:  # on the prototypes' scale
+                    local = self._as_row(local)
+                row = refine_prototype(init[m], local, self.config.prototype_refine)
+                matrix[c] = self._as_row(row.detach())
+
+    def _class_means(self, features, labels, classes) -> list[dict[int, torch.Tensor]]:
+        """Per expert, the mean local feature of each of `classes` (unit length when the
+        prototypes are)."""
+        means = []
+        for feature in features:
+            device_labels = labels.to(feature.device)
+            rows = {c: feature[device_labels == c].float().mean(0) for c in classes}
+            means.append({c: self._as_row(row) for c, row in rows.items()})
+        return means
+
+    @torch.no_grad()
+    def _refine(self, prototypes, class_means, epochs: int | None = None) -> None:
+        """Per-epoch refinement (Algorithm 1, line 24) of every row in `class_means`, for
+        `epochs` epochs (default: the local epochs) when nothing else trains in between."""
+        for _ in range(self.config.local_epochs if epochs is None else epochs):
+            for matrix, means in zip(prototypes, class_means):
+                for c, mean in means.items():
+                    matrix[c] = self._as_row(halve_towards(matrix[c], mean.to(matrix.dtype)))
 
     def _query(self, c: int, features, mask: torch.Tensor) -> torch.Tensor:
         """The image feature of the class's first local sample, in text space when aligned;
@@ -300,43 +381,80 @@ class MultiFCLMethod(Method):
             return self.text_encoder.project_images(first)[0]
         return self.class_text[c]
 
-    def _train(self, prototypes, features, data, labels, task, trainable_set, seed, extra=()):
-        """Local epochs on the experts' losses; returns (mean loss, seconds per step)."""
+    def _train(
+        self,
+        prototypes,
+        features,
+        data: InMemoryImages,
+        labels: torch.Tensor,
+        task: Task,
+        training_set: int | None,
+        seed: int,
+        *,
+        extra=(),
+        train_prototypes: bool = False,
+        refined=(),
+        final_only: bool = False,
+    ) -> tuple[float, float, float | None]:
+        """Local epochs on the experts' losses (`final_only`: the final expert's), the rows of
+        `refined` classes halved towards their class means at the start of every epoch.
+
+        Returns (mean loss, seconds per step, mean relative movement of the trained rows of
+        the local classes by the optimizer, or None when no prototype trains)."""
         config = self.config
         adapter_parameters = self._adapter_parameters(
-            [] if trainable_set is None else [trainable_set]
+            [] if training_set is None else [training_set]
         )
         if self.adapters is not None:
             for value in self._adapter_parameters(range(self.policy.num_sets)).values():
                 value.requires_grad_(False)
             for value in adapter_parameters.values():
                 value.requires_grad_(True)
-        trained_tensors = list(extra) or (prototypes if config.use_experts else [])
+        trained_tensors = list(extra) or (prototypes if train_prototypes else [])
         for matrix in trained_tensors:
             matrix.requires_grad_(True)
         steps = -(-len(data) // config.batch_size)
         training = LocalTraining(
-            config, self._trainable_module(trainable_set), steps, extra=trained_tensors
+            config,
+            self._trainable_module(training_set),
+            steps,
+            extra=trained_tensors,
+            extra_lr=config.prototype_lr if train_prototypes else None,
         )
+        class_means = self._class_means(features, labels, refined) if refined else []
+        local = [int(c) for c in torch.unique(labels)]
+        moved = [torch.zeros_like(p) for p in prototypes] if train_prototypes else None
+        compute_loss = self._final_expert_loss if final_only else self._loss
         generator = torch.Generator().manual_seed(seed)
         total, count = 0.0, 0
         for _ in range(config.local_epochs):
             training.start_epoch()
+            if class_means:
+                with training.unperturbed():
+                    self._refine(prototypes, class_means, epochs=1)
+            before = [p.detach().clone() for p in prototypes] if moved is not None else None
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), config.batch_size):
                 index = order[start : start + config.batch_size]
-                if trainable_set is None:  # frozen encoder: reuse the features
+                if training_set is None:  # frozen encoder: reuse the features
                     inputs = [f[index.to(f.device)] for f in features]
                 else:
                     inputs = self.encoder.preprocess(data.images[index])
                 target = labels[index].to(self.encoder.device)
-                loss = training.step(self._loss, inputs, target, prototypes, task)
+                loss = training.step(compute_loss, inputs, target, prototypes, task)
                 total += loss * len(index)
                 count += len(index)
+            if moved is not None:
+                with training.unperturbed():
+                    for m, matrix in enumerate(prototypes):
+                        moved[m] += matrix.detach() - before[m]
         training.finish()  # MSAM: nothing perturbed leaves the client
         for value in list(adapter_parameters.values()) + trained_tensors:
             value.requires_grad_(False)
-        return total / max(count, 1), training.seconds_per_step
+        movement = None
+        if moved is not None:
+            movement = _relative_movement(moved, prototypes, local)
+        return total / max(count, 1), training.seconds_per_step, movement
 
     def _trainable_module(self, trainable_set: int | None) -> nn.Module:
         """The module whose layers TempBalance balances: the trainable adapter set."""
@@ -375,14 +493,25 @@ class MultiFCLMethod(Method):
             )
         return loss
 
+    def _final_expert_loss(self, inputs, target, prototypes, task: Task) -> torch.Tensor:
+        """The final expert's loss alone: what trains the adapters in their own phase."""
+        features = inputs if isinstance(inputs, list) else self.expert_features(inputs)
+        features = features[-1:]
+        seen = task.seen_classes.stop
+        if self.etf_heads is not None:
+            kind, balanced = self.config.etf_loss, self.config.etf_dr_balance
+            return etf_loss(self.etf_heads[-1], features[0], target, kind, seen, balanced)
+        logits = expert_logits(features, prototypes[-1:], self.config.temperature)[0]
+        return F.cross_entropy(logits[:, :seen], target)
+
     # --- server ----------------------------------------------------------------------------
     def update_layout(self, state: State, task: Task) -> UpdateLayout:
         """Rows of every per-class array (all but adapters and ETF projections), the
         prototypes among them feature rows; whole ETF projections, and the adapters of the
         task's trainable set."""
-        trainable = self._trainable_set(task)
+        trainable = self._training_set(state, task)
         sent_whole = set(self._adapter_parameters([] if trainable is None else [trainable]))
-        shared = set(self._adapter_parameters(range(self.policy.num_sets)))
+        shared = set(self._adapter_parameters(range(self.policy.num_sets))) | {ADAPTER_ROUNDS}
         if self.etf_heads is not None:
             sent_whole |= set(self._projection_parameters())
             shared |= set(self._projection_parameters())
@@ -403,12 +532,23 @@ class MultiFCLMethod(Method):
                 merged[key], merged[COUNTS] = merge_class_rows(
                     state[key], state[COUNTS], ids, rows, counts, self.merge_rule
                 )
+        trained = self._trained_set(updates[0])
+        if trained is not None and self.config.task1_schedule == "two-phase":
+            merged[ADAPTER_ROUNDS] = state[ADAPTER_ROUNDS].copy()
+            merged[ADAPTER_ROUNDS][trained] += 1
         weights = [u.num_examples for u in updates]
         for prefix in (ADAPTER_PREFIX, PROJECTION_PREFIX):  # FedAvg, sample-weighted
             arrays = [{k: v for k, v in u.arrays.items() if k.startswith(prefix)} for u in updates]
             if arrays[0]:
                 merged.update(weighted_average(arrays, weights, self.merge_rule, state))
         return merged
+
+    def _trained_set(self, update: ClientUpdate) -> int | None:
+        """The adapter set an update carries, if any."""
+        for index in range(self.policy.num_sets if self.adapters is not None else 0):
+            if next(iter(self._adapter_parameters([index]))) in update.arrays:
+                return index
+        return None
 
     def classifier(self, state: State) -> nn.Module:
         self._load_adapters(state)
@@ -467,6 +607,16 @@ class ExpertClassifier(nn.Module):
         config = self.method.config
         logits = self.method.all_expert_logits(self.method.expert_features(pixels), self.prototypes)
         return inference_logits(logits, config.inference)
+
+
+def _relative_movement(moved, prototypes, classes) -> float:
+    """Mean over experts and `classes` of |optimizer's displacement of a row| / |row|."""
+    ratios = [
+        float(shift[c].norm() / matrix[c].norm().clamp_min(1e-12))
+        for shift, matrix in zip(moved, prototypes)
+        for c in classes
+    ]
+    return sum(ratios) / max(len(ratios), 1)
 
 
 def _round_counts(counts: np.ndarray, ids: list[np.ndarray], client_counts) -> np.ndarray:

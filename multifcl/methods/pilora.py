@@ -76,6 +76,8 @@ def multifcl_form(config: ExperimentConfig) -> ExperimentConfig:
         use_experts=True,
         num_experts=1,
         use_self_kd=False,
+        task1_schedule="joint",
+        prototype_refine="running-mean",
     )
 
 

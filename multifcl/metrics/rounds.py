@@ -20,6 +20,7 @@ class RoundRecord:
     failures: int = 0
     seconds_per_step: float | None = None  # optimizer step, mean over clients
     class_mean_cosine: float | None = None  # ETF heads: mean pairwise cosine of class means
+    prototype_movement: float | None = None  # trained prototypes: mean |optimizer step| / |row|
     client_seconds: float | None = None  # sum of the replying clients' training seconds
     client_peak_rss_mb: float | None = None  # largest peak RSS among the replying processes
     attempt: int = 1  # 1 for the first try; a retried round has one row per attempt

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -27,8 +28,9 @@ EXTRA_GROUP = "extra"  # trainable tensors that are not layers (prototypes), fac
 class LocalTraining:
     """Optimizer + schedule over `module`'s trainable parameters and `extra` ones.
 
-    `extra` holds tensors that are not layers (prototypes: one group, factor 1) and modules
-    trained beside `module` (ETF projections), which TempBalance balances as layers.
+    `extra` holds tensors that are not layers (prototypes: one group, factor 1, at
+    `extra_lr` when given, scheduled like the rest) and modules trained beside `module`
+    (ETF projections), which TempBalance balances as layers.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class LocalTraining:
         module: nn.Module,
         steps_per_epoch: int,
         extra: Iterable[torch.Tensor | nn.Module] = (),
+        extra_lr: float | None = None,
     ) -> None:
         self.config = config
         self.total_steps = max(1, steps_per_epoch * config.local_epochs)
@@ -56,7 +59,8 @@ class LocalTraining:
         else:
             groups = [{"params": [p for p in module.parameters() if p.requires_grad]}]
         if tensors:
-            groups.append({"params": tensors, "layer": EXTRA_GROUP})
+            scale = 1.0 if extra_lr is None else extra_lr / config.lr
+            groups.append({"params": tensors, "layer": EXTRA_GROUP, "lr_scale": scale})
         groups = [group for group in groups if group["params"]]
         self.optimizer = build_optimizer(config, groups)
 
@@ -65,8 +69,14 @@ class LocalTraining:
         weights when the optimizer is MSAM."""
         if self.balance is None:
             return
+        with self.unperturbed():
+            self.balance.compute_factors()
+
+    @contextmanager
+    def unperturbed(self) -> Iterator[None]:
+        """Inside: the unperturbed weights (MSAM), to read or edit; perturbed again after."""
         restore_unperturbed(self.optimizer)
-        self.balance.compute_factors()
+        yield
         perturb_again = getattr(self.optimizer, "move_to_perturbed", None)
         if perturb_again is not None:
             perturb_again()
@@ -90,7 +100,7 @@ class LocalTraining:
         rate = self.scheduled_lr()
         for group in self.optimizer.param_groups:
             factor = 1.0 if self.balance is None else self.balance.factor(group.get("layer", ""))
-            group["lr"] = rate * factor
+            group["lr"] = rate * factor * group.get("lr_scale", 1.0)
         started = time.perf_counter()
         loss = self.optimizer.step(closure)
         self.seconds += time.perf_counter() - started

@@ -22,6 +22,7 @@ ROUND_SCALARS = (
     "failures",
     "seconds_per_step",
     "class_mean_cosine",
+    "prototype_movement",
     "client_seconds",
     "client_peak_rss_mb",
 )
