@@ -99,8 +99,12 @@ class ExperimentConfig:
     # Baselines; each key is read only by its method
     pilora_rank: int = 4  # rank of each task's LoRA
     pilora_ortho_lambda: float = 0.5  # weight of the orthogonality to earlier tasks' LoRA
-    pilora_pull_lambda: float = 0.1  # weight of the pull of features to their prototype
-    pilora_reweight: bool = True  # server weighs client prototypes by count x confidence
+    pilora_pull_lambda: float = 0.001  # weight of the pull of features to their prototype
+    pilora_l1_lambda: float = 0.01  # weight of the L1 norm of the current task's LoRA A
+    pilora_prototype_lr: float = 2e-3  # Adam rate of the prototypes (cosine over the rounds)
+    pilora_lora_lr: float = 1e-5  # Adam rate of the LoRA (cosine over the rounds)
+    pilora_weight_decay: float = 1e-5  # Adam's L2 weight decay, prototypes and LoRA
+    pilora_reweight: bool = True  # server: softmax re-weighting of the clients' prototypes
     lwf_temperature: float = 2.0  # distillation temperature
     lwf_lambda: float = 3.0  # weight of the distillation towards the previous task's model
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
@@ -138,13 +142,11 @@ class ExperimentConfig:
         _check_choice("task1-schedule", self.task1_schedule, TASK1_SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("head", self.head, HEADS)
+        if self.method == "pilora":
+            self._check_pilora_plugins()
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
         _check_choice("etf-map", self.etf_map, ETF_MAPS)
-        if (
-            self.head == "etf"
-            and self.method in ("multifcl", "pilora")
-            and self.etf_map != "batchnorm-linear"
-        ):
+        if self.head == "etf" and self.method == "multifcl" and self.etf_map != "batchnorm-linear":
             raise ConfigError(
                 f"run config key 'etf-map': {self.method}'s ETF experts always use a "
                 f"width-preserving linear projection, got {self.etf_map!r}"
@@ -160,10 +162,12 @@ class ExperimentConfig:
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
         positive += ("round-timeout", "torch-threads", "prototype-lr")
+        positive += ("pilora-prototype-lr", "pilora-lora-lr")
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
         not_negative += ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
+        not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
         not_negative += ("expected-clients", "max-round-retries")
         for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
@@ -224,8 +228,8 @@ class ExperimentConfig:
         ):
             raise ConfigError(
                 f"run config key 'robust-merge': {self.robust_merge!r} ignores the weights, and "
-                "pilora's prototype merge is weighted by count x confidence; use 'none' or "
-                "'norm-clip', or pilora-reweight=false"
+                "pilora's prototype merge is weighted by its softmax re-weighting; use 'none' "
+                "or 'norm-clip', or pilora-reweight=false"
             )
         if not 0 < self.robust_trim_fraction < 0.5:
             raise ConfigError(
@@ -236,6 +240,24 @@ class ExperimentConfig:
             ratio = getattr(self, _attribute(key))
             if ratio != 0 and not ratio > 1:
                 raise ConfigError(f"run config key '{key}': must be > 1 (or 0: off), got {ratio!r}")
+
+    def _check_pilora_plugins(self) -> None:
+        """PiLoRA trains as its official code does: Adam at its own rates and schedule, and
+        classifies by distance to prototypes; the plug-ins that would change this are refused."""
+        if self.head != "default":
+            raise ConfigError(
+                f"run config key 'head': pilora classifies by distance to learnable prototypes "
+                f"(its official code); it has no {self.head!r} head"
+            )
+        for key in ("optimizer", "lr-schedule", "lr", "weight-decay"):
+            name = _attribute(key)
+            default = ExperimentConfig.__dataclass_fields__[name].default
+            if getattr(self, name) != default:
+                raise ConfigError(
+                    f"run config key '{key}': pilora trains with Adam at pilora-prototype-lr and "
+                    "pilora-lora-lr (pilora-weight-decay), cosine over each task's rounds; "
+                    f"leave {key} at its default {default!r}"
+                )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:

@@ -47,7 +47,12 @@ def test_preset_validates_with_the_paper_protocol(path):
     config = preset_config(path)
     assert (config.method, config.dataset, config.num_tasks) == (method, dataset, int(tasks))
     assert config.backbone == "openai/clip-vit-base-patch16" and config.class_order_seed == 1993
-    assert (config.rounds_per_task, config.local_epochs, config.lr) == (5, 5, 1e-5)
+    assert (config.rounds_per_task, config.local_epochs) == (5, 5)
+    if method == "pilora":  # the official code's Adam rates (LoRA at the paper's 1e-5)
+        assert (config.pilora_lora_lr, config.pilora_prototype_lr) == (1e-5, 2e-3)
+        assert (config.pilora_weight_decay, config.batch_size) == (1e-5, 64)
+    else:
+        assert config.lr == 1e-5
     if kind == "beta":
         assert (config.partition, config.beta) == ("dirichlet", float(value))
     else:

@@ -139,7 +139,7 @@ def test_norm_clip_of_a_first_class_row_keeps_the_honest_mean():
     assert rows[0, 0] == pytest.approx(11.0) and counts[0] == 3
 
 
-def test_pilora_refuses_a_rule_that_would_drop_its_confidence_weights():
+def test_pilora_refuses_a_rule_that_would_drop_its_reweighting_weights():
     with pytest.raises(ConfigError, match="run config key 'robust-merge': 'median' ignores"):
         ExperimentConfig(method="pilora", robust_merge="median")
     assert ExperimentConfig(method="pilora", robust_merge="norm-clip").robust_merge == "norm-clip"
