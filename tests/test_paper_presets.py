@@ -51,8 +51,8 @@ def test_preset_validates_with_the_paper_protocol(path):
     if method == "pilora":  # the official code's Adam rates (LoRA at the paper's 1e-5)
         assert (config.pilora_lora_lr, config.pilora_prototype_lr) == (1e-5, 2e-3)
         assert (config.pilora_weight_decay, config.batch_size) == (1e-5, 64)
-    else:
-        assert config.lr == 1e-5
+    else:  # the paper's rate; the prototypes at an Adam rate that moves them
+        assert (config.lr, config.prototype_lr, config.optimizer) == (1e-5, 2e-3, "adamw")
     if kind == "beta":
         assert (config.partition, config.beta) == ("dirichlet", float(value))
     else:
