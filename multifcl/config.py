@@ -73,7 +73,7 @@ class ExperimentConfig:
     text_encoder: str = "auto"
     text_init_topk: int = 1
     prototype_refine: str = "per-epoch"  # Algorithm 1 line 24, once per local epoch
-    prototype_lr: float = 0.05  # learning rate of the experts' (unit-norm) prototypes
+    prototype_lr: float = 0.01  # learning rate of the experts' (unit-norm) prototypes
     task1_schedule: str = "two-phase"  # adapters alone, frozen, then experts (Algorithm 1)
     num_experts: int = 4
     temperature: float = 0.0625

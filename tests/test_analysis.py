@@ -189,7 +189,7 @@ def test_the_last_round_keeps_each_clients_model_and_fedavg_of_them_is_the_final
 
 
 def finished_run(tiny_config, **changes):
-    config = tiny_config(save_task_checkpoints=True, rounds_per_task=1, **changes)
+    config = tiny_config(**{"save_task_checkpoints": True, "rounds_per_task": 1, **changes})
     grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
     run_continual_learning(grid, config, base_dir=config.output_dir)
     return config.output_dir
@@ -236,7 +236,9 @@ def test_analyze_finetune_run_end_to_end(tiny_config, capsys):
 
 
 def test_analyze_multifcl_etf_run_keeps_first_task_adapters_fixed(tiny_config):
-    run = finished_run(tiny_config, method="multifcl", use_text_init=False, head="etf")
+    run = finished_run(
+        tiny_config, method="multifcl", use_text_init=False, head="etf", rounds_per_task=2
+    )
     analyze_run(run, draws=1)  # default size: each task's whole test set, fewer than the cap
     data = load_experiment(FinishedRun.open(run).config).data
     held = len(data.test_set(data.stream.task(0)))

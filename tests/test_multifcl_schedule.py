@@ -17,7 +17,9 @@ from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 from strategies.records import ARRAYS, CONFIG, record_to_state
 
-MOVES_AT_LEAST = 0.01  # a trained prototype row moves by >= 1% of its norm in a round
+# a trained prototype row moves by at least 0.3% of its norm in a round of one local epoch
+# at the default prototype-lr (raw-norm prototypes at the adapters' rate moved 0.01-0.02%)
+MOVES_AT_LEAST = 0.003
 
 
 def _run(config):
