@@ -94,9 +94,7 @@ def test_relative_links_resolve(path: Path) -> None:
 
 def test_docs_are_linked_from_the_readme() -> None:
     readme_targets = {target.partition("#")[0] for _, target in links(ROOT / "README.md")}
-    unlinked = [
-        path.name for path in DOCUMENTS[1:] if f"docs/{path.name}" not in readme_targets
-    ]
+    unlinked = [path.name for path in DOCUMENTS[1:] if f"docs/{path.name}" not in readme_targets]
     assert not unlinked, f"docs not linked from README.md: {unlinked}"
 
 
