@@ -26,10 +26,10 @@ from multifcl.results.checkpoints import (
 from multifcl.results.resume import check_same_clients, open_resumable_run, resume_folder
 from multifcl.results.run_directory import new_run_id, saved_run_id
 from multifcl.results.run_lock import RunLock
+from protocol.messages import record_to_state, state_to_record
 from server.handshake import Federation, FederationGrid, handshake
 from strategies import ContinualStrategy
 from strategies.continual import RoundFailed
-from strategies.records import record_to_state, state_to_record
 
 NODE_WAIT_SECONDS = 120.0
 NODE_SETTLE_SECONDS = 1.0

@@ -20,7 +20,7 @@ from multifcl.methods import ClientUpdate, Method, State
 from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
 from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
-from strategies.records import (
+from protocol.messages import (
     ARRAYS,
     CONFIG,
     content_to_update,

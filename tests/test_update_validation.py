@@ -16,9 +16,9 @@ from multifcl.data import Task
 from multifcl.experiment import load_experiment
 from multifcl.methods import ClientUpdate
 from multifcl.methods.base import UpdateLayout
+from protocol.messages import CONFIG, content_to_update, update_to_content
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
-from strategies.records import CONFIG, content_to_update, update_to_content
 from strategies.update_validation import (
     MAX_EXAMPLES,
     RejectedUpdate,
