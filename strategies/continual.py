@@ -20,6 +20,7 @@ from multifcl.methods import ClientUpdate, Method, State
 from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
 from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
+from multifcl.update_validation import RejectedUpdate, outlier_updates, validate_update
 from protocol.messages import (
     ARRAYS,
     CONFIG,
@@ -28,7 +29,6 @@ from protocol.messages import (
     record_to_state,
     state_to_record,
 )
-from strategies.update_validation import RejectedUpdate, outlier_updates, validate_update
 
 REASON_MAX_CHARS = 200  # a failure reason in rounds.csv and the log stays one short line
 

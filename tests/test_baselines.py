@@ -23,10 +23,10 @@ from multifcl.methods.pilora import (
     prototype_distances,
     reweighting_weights,
 )
+from multifcl.update_validation import RejectedUpdate, validate_update
 from protocol.messages import ARRAYS, CONFIG, record_to_state
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
-from strategies.update_validation import RejectedUpdate, validate_update
 from tests.test_config import one_line_error
 from tests.test_data_sources import make_image_folder
 

@@ -16,10 +16,7 @@ from multifcl.data import Task
 from multifcl.experiment import load_experiment
 from multifcl.methods import ClientUpdate
 from multifcl.methods.base import UpdateLayout
-from protocol.messages import CONFIG, content_to_update, update_to_content
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
-from strategies.update_validation import (
+from multifcl.update_validation import (
     MAX_EXAMPLES,
     RejectedUpdate,
     conventional_layout,
@@ -27,6 +24,9 @@ from strategies.update_validation import (
     outlier_updates,
     validate_update,
 )
+from protocol.messages import CONFIG, content_to_update, update_to_content
+from server.continual_loop import run_continual_learning
+from server.in_process_grid import InProcessGrid
 
 TASK_1 = Task(0, range(3), range(3))
 TASK_2 = Task(1, range(3, 6), range(6))
