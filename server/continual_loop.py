@@ -26,7 +26,6 @@ from multifcl.results.checkpoints import (
 from multifcl.results.resume import check_same_clients, open_resumable_run, resume_folder
 from multifcl.results.run_directory import new_run_id, saved_run_id
 from multifcl.results.run_lock import RunLock
-from protocol.messages import record_to_state, state_to_record
 from server.handshake import Federation, FederationGrid, handshake
 from strategies import ContinualStrategy
 from strategies.continual import RoundFailed
@@ -79,23 +78,22 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
             continue
         started = time.perf_counter()
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
-        arrays = state_to_record(state)
         for server_round in range(first_round, config.rounds_per_task + 1):
             last_round = (
                 task.index == stream.num_tasks - 1 and server_round == config.rounds_per_task
             )
-            strategy.keep_client_states = config.save_task_checkpoints and last_round
+            keep_client_states = config.save_task_checkpoints and last_round
             try:
-                arrays = strategy.train_round(grid, arrays, task, server_round)
+                result = strategy.train_round(grid, state, task, server_round, keep_client_states)
             except RoundFailed as error:
                 raise RoundFailed(
                     f"{error}. The run stopped; its last complete round is checkpointed in "
                     f"{str(run_dir.path)!r}: fix the clients, then continue it with "
                     f"resume-from='{run_dir.path}'"
                 ) from None
-            state = record_to_state(arrays)
-            if strategy.keep_client_states:
-                save_client_states(run_dir.path, strategy.client_states)
+            state = result.state
+            if keep_client_states:
+                save_client_states(run_dir.path, result.client_states)
             checkpoint = _advance(
                 checkpoint,
                 task=task.index,
