@@ -379,7 +379,6 @@ def test_uploads_follow_the_update_conventions(method, changes, tiny_config):
         else:  # per-class rows of a (num_classes, d) state matrix
             assert value.shape == (k, state[key].shape[1]) and value.dtype == state[key].dtype
     validate_update(state, update, task, method)  # what the server checks before merging
-    validate_update(state, update, task)  # and from the conventions alone
     merged = method.merge(state, [update])
     assert set(merged) == set(state)
     assert all(merged[key].shape == state[key].shape for key in state)
