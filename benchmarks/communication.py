@@ -30,7 +30,7 @@ from multifcl.data import InMemoryImages
 from multifcl.data.task_stream import Task
 from multifcl.methods import ClientUpdate
 from multifcl.methods.multifcl import ADAPTER_PREFIX, MultiFCLMethod
-from strategies.records import ARRAYS, record_bytes, state_to_record, update_to_content
+from protocol.messages import ARRAYS, record_bytes, state_to_record, update_to_content
 
 NUM_CLASSES, NUM_TASKS = 100, 10
 METADATA = ("class-ids",)  # integer class ids: bookkeeping, not parameters

@@ -47,9 +47,9 @@ from multifcl.data import FederatedStream, load_splits
 from multifcl.experiment import Experiment
 from multifcl.features import FeatureCache
 from multifcl.methods import build_method
+from protocol.messages import ARRAYS, CONFIG, content_to_update, record_to_state, update_to_content
 from server import continual_loop
 from server.in_process_grid import InProcessGrid
-from strategies.records import ARRAYS, CONFIG, content_to_update, record_to_state, update_to_content
 
 SCALE = 1e30
 SETTINGS = [(3, 1), (10, 1), (10, 3)]  # (clients, attackers): at most (n - 1) // 2 attackers

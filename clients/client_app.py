@@ -17,7 +17,7 @@ from multifcl.metrics.resources import (
     release_cached_gpu_memory,
 )
 from multifcl.seeding import derive_seed
-from strategies.records import (
+from protocol.messages import (
     ARRAYS,
     CLAIM,
     CONFIG,

@@ -6,7 +6,7 @@ clients that sent it. `MergeRule` says how: the weighted mean (`"none"`), or a s
 or more malicious senders cannot drag arbitrarily far (`"trimmed-mean"`, `"median"`,
 `"norm-clip"`). A robust statistic needs honest senders in the majority: a row sent by one
 or two clients (a class few clients hold) is merged by their plain weighted mean whatever the
-rule; `strategies/update_validation.py` bounds what such a row can be.
+rule; `multifcl/update_validation.py` bounds what such a row can be.
 """
 
 from __future__ import annotations

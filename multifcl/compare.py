@@ -31,11 +31,11 @@ from typing import Self
 from multifcl.cli import CommandError
 from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
 from multifcl.interrupts import signals_held, sigterm_as_interrupt
+from multifcl.metrics.accuracy_history import FORMULAS
 from multifcl.reporting import figures
 from multifcl.reporting.comparison_table import comparison_rows, markdown_table, write_csv
 from multifcl.reporting.run_results import RunResults, is_finished
 from multifcl.results.resume import config_differences
-from multifcl.results.run_directory import FORMULAS
 from multifcl.results.run_lock import RunLock
 
 SUMMARY = "run methods or presets over seeds with flwr run, then tabulate and plot them"

@@ -4,7 +4,6 @@ checkpoint on disk after every round, so an interrupted run continues where it s
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from logging import INFO, WARNING
 from pathlib import Path
@@ -15,7 +14,7 @@ from flwr.serverapp import Grid
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
-from multifcl.metrics import RoundRecord
+from multifcl.metrics import AccuracyHistory, RoundRecord
 from multifcl.results import RunDirectory, default_output_dir, print_summary
 from multifcl.results.checkpoints import (
     Checkpoint,
@@ -25,11 +24,11 @@ from multifcl.results.checkpoints import (
 )
 from multifcl.results.resume import check_same_clients, open_resumable_run, resume_folder
 from multifcl.results.run_directory import new_run_id, saved_run_id
+from multifcl.results.run_folder import ADAPTERS_FOLDER
 from multifcl.results.run_lock import RunLock
 from server.handshake import Federation, FederationGrid, handshake
 from strategies import ContinualStrategy
 from strategies.continual import RoundFailed
-from strategies.records import record_to_state, state_to_record
 
 NODE_WAIT_SECONDS = 120.0
 NODE_SETTLE_SECONDS = 1.0
@@ -71,31 +70,28 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
         on_round=round_log.append,
     )
     state = checkpoint.state
-    cil, til, all_seen = list(checkpoint.cil), list(checkpoint.til), list(checkpoint.cil_all_seen)
-    equizero = list(checkpoint.cil_equizero)
     metrics: dict | None = None
     for task in stream:
-        if len(cil) > task.index:  # evaluated before the run was interrupted
+        if checkpoint.accuracy.tasks_evaluated > task.index:  # before the run was interrupted
             continue
         started = time.perf_counter()
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
-        arrays = state_to_record(state)
         for server_round in range(first_round, config.rounds_per_task + 1):
             last_round = (
                 task.index == stream.num_tasks - 1 and server_round == config.rounds_per_task
             )
-            strategy.keep_client_states = config.save_task_checkpoints and last_round
+            keep_client_states = config.save_task_checkpoints and last_round
             try:
-                arrays = strategy.train_round(grid, arrays, task, server_round)
+                result = strategy.train_round(grid, state, task, server_round, keep_client_states)
             except RoundFailed as error:
                 raise RoundFailed(
                     f"{error}. The run stopped; its last complete round is checkpointed in "
                     f"{str(run_dir.path)!r}: fix the clients, then continue it with "
                     f"resume-from='{run_dir.path}'"
                 ) from None
-            state = record_to_state(arrays)
-            if strategy.keep_client_states:
-                save_client_states(run_dir.path, strategy.client_states)
+            state = result.state
+            if keep_client_states:
+                save_client_states(run_dir.path, result.client_states)
             checkpoint = _advance(
                 checkpoint,
                 task=task.index,
@@ -105,12 +101,8 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
             )
             checkpoint.save(run_dir.path)
         stage = evaluate_seen_tasks(experiment.method, state, experiment.data, task)
-        cil.append(stage.cil)
-        til.append(stage.til)
-        all_seen.append(stage.cil_all_seen)
-        if stage.cil_equizero is not None:
-            equizero.append(stage.cil_equizero)
-        metrics = run_dir.write_metrics(cil, til, all_seen, stream.num_tasks, equizero)
+        accuracy = checkpoint.accuracy.appended(stage)
+        metrics = run_dir.write_metrics(accuracy, stream.num_tasks)
         if config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
         checkpoint = _advance(
@@ -118,10 +110,7 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
             task=task.index,
             rounds_done=config.rounds_per_task,
             state=state,
-            cil=list(cil),
-            til=list(til),
-            cil_all_seen=list(all_seen),
-            cil_equizero=list(equizero),
+            accuracy=accuracy,
             rounds_logged=round_log.rows,
         )
         checkpoint.save(run_dir.path)
@@ -136,8 +125,8 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
         )
     if metrics is None:  # resumed a run that had already finished
         log(INFO, "multifcl: every task of %s was already done", run_dir.path)
-        metrics = json.loads((run_dir.path / "metrics.json").read_text())
-    for path in experiment.method.export(state, run_dir.path / "adapters"):
+        metrics = checkpoint.accuracy.metrics(stream.num_tasks)
+    for path in experiment.method.export(state, run_dir.path / ADAPTERS_FOLDER):
         log(INFO, "multifcl: adapters exported to %s", path)
     print_summary(metrics, f"{config.method} on {config.dataset}")
     log(INFO, "multifcl: results in %s", run_dir.path)
@@ -201,9 +190,7 @@ def _start_or_resume(
         task=0,
         rounds_done=0,
         state=experiment.method.initial_state(),
-        cil=[],
-        til=[],
-        cil_all_seen=[],
+        accuracy=AccuracyHistory(),
         rounds_logged=0,
         rng=RngStates.capture(),
         run_id=run_dir.run_id,

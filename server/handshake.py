@@ -18,8 +18,8 @@ from flwr.serverapp import Grid
 
 from multifcl.data.fingerprint import DataFingerprint
 from multifcl.errors import FederationRefused
+from protocol.messages import CLAIM, CONFIG, HANDSHAKE, NUM_PARTITIONS, PARTITION_ID
 from strategies.continual import destinations, error_reason
-from strategies.records import CLAIM, CONFIG, HANDSHAKE, NUM_PARTITIONS, PARTITION_ID
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import InMemoryImages
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import load_experiment
+from multifcl.metrics import AccuracyHistory
 from multifcl.results import RunDirectory
 
 
@@ -125,12 +126,13 @@ def test_metrics_json_holds_the_equizero_matrix_and_summary(tiny_config, tmp_pat
     run_dir = RunDirectory(tmp_path / "run")
     run_dir.start(config, {})
     cil = [[80.0], [60.0, 90.0]]
-    metrics = run_dir.write_metrics(cil, cil, [80.0, 75.0], 2, [[85.0], [70.0, 92.0]])
+    accuracy = AccuracyHistory(cil, cil, [80.0, 75.0], [[85.0], [70.0, 92.0]])
+    metrics = run_dir.write_metrics(accuracy, 2)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["accuracy_matrix_equizero"] == [[85.0, None], [70.0, 92.0]]
     assert saved["equizero"]["last"] == pytest.approx(81.0) and saved["last"] == 75.0
-    resumed = run_dir.write_metrics(cil, cil, [80.0, 75.0], 2, [[70.0, 92.0]])
+    resumed = run_dir.write_metrics(AccuracyHistory(cil, cil, [80.0, 75.0], [[70.0, 92.0]]), 2)
     assert "equizero" not in resumed  # rows missing (a resumed run): nothing misaligned
 
 

@@ -18,11 +18,11 @@ from clients.client_app import train
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.results.checkpoints import latest_checkpoint
+from multifcl.update_validation import RejectedUpdate
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 from strategies import continual
 from strategies.continual import RoundFailed
-from strategies.update_validation import RejectedUpdate
 
 
 class DroppingGrid(InProcessGrid):

@@ -11,9 +11,9 @@ from flwr.app import Message
 from clients.client_app import train
 from multifcl.config import ConfigError
 from multifcl.experiment import load_experiment
+from protocol.messages import ARRAYS, CONFIG, record_to_state
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
-from strategies.records import ARRAYS, CONFIG, record_to_state
 
 
 @pytest.mark.parametrize("method", ["prototypes", "finetune"])

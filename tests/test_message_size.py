@@ -4,7 +4,7 @@ import numpy as np
 from flwr.common.serde import array_record_to_proto
 
 from multifcl.methods import ClientUpdate
-from strategies.records import (
+from protocol.messages import (
     ARRAYS,
     content_to_update,
     record_bytes,

@@ -16,9 +16,9 @@ from multifcl.heads.prototype_initialization import nearest_old_classes, refine_
 from multifcl.losses.self_distillation import self_distillation_loss, teacher_weights
 from multifcl.methods import ClientUpdate
 from multifcl.methods.multifcl import MultiFCLMethod
+from protocol.messages import ARRAYS, CONFIG, record_to_state
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
-from strategies.records import ARRAYS, CONFIG, record_to_state
 
 ALL_OFF = {
     "use_adapters": False,

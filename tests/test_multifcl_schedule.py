@@ -13,9 +13,9 @@ from multifcl.experiment import load_experiment
 from multifcl.heads.prototype_initialization import halve_towards
 from multifcl.methods.multifcl import ADAPTER_ROUNDS
 from multifcl.optim.local_training import LocalTraining
+from protocol.messages import ARRAYS, CONFIG, record_to_state
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
-from strategies.records import ARRAYS, CONFIG, record_to_state
 
 # a trained prototype row moves by at least 0.3% of its norm in a round of one local epoch
 # at the default prototype-lr (raw-norm prototypes at the adapters' rate moved 0.01-0.02%)

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from multifcl.config import ConfigError, ExperimentConfig
-from multifcl.metrics import RoundRecord
+from multifcl.metrics import AccuracyHistory, RoundRecord
 from multifcl.reporting.figures import data_and_backbone, run_title
 from multifcl.results import RunDirectory, print_summary
 from multifcl.results.checkpoints import save_task_state
@@ -22,7 +22,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_metrics_json_marks_undefined_cells_and_keeps_formulas(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.start(ExperimentConfig(num_tasks=3), {"num-clients": 2})
-    metrics = run.write_metrics([[80.0], [60.0, 70.0]], [[90.0], [85.0, 88.0]], [80.0, 65.0], 3)
+    metrics = run.write_metrics(
+        AccuracyHistory([[80.0], [60.0, 70.0]], [[90.0], [85.0, 88.0]], [80.0, 65.0]), 3
+    )
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["accuracy_matrix"] == [[80.0, None, None], [60.0, 70.0, None], [None, None, None]]
     assert saved["tasks_finished"] == 2 and saved["last"] == pytest.approx(65.0)
@@ -38,7 +40,7 @@ def test_result_files_get_the_mode_the_umask_gives_new_files(tmp_path, umask):
     try:
         run = RunDirectory(tmp_path / "run")
         run.start(ExperimentConfig(num_tasks=2), {})
-        run.write_metrics([[80.0]], [[90.0]], [80.0], 2)
+        run.write_metrics(AccuracyHistory([[80.0]], [[90.0]], [80.0]), 2)
         checkpoint = save_task_state(run.path, 0, {"w": np.zeros(3, dtype=np.float32)})
     finally:
         os.umask(previous)
@@ -62,7 +64,9 @@ def test_accuracy_plot_title_names_method_data_set_and_backbone(tmp_path):
 def test_summary_prints_the_matrix_and_metrics(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.start(ExperimentConfig(num_tasks=2), {})
-    metrics = run.write_metrics([[80.0], [60.0, 70.0]], [[90.0], [85.0, 88.0]], [80.0, 65.0], 2)
+    metrics = run.write_metrics(
+        AccuracyHistory([[80.0], [60.0, 70.0]], [[90.0], [85.0, 88.0]], [80.0, 65.0]), 2
+    )
     console = Console(record=True, width=120)
     print_summary(metrics, "prototypes on digits", console=console)
     text = console.export_text()

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.metrics import AccuracyHistory
 from multifcl.results.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -218,9 +219,9 @@ def make_checkpoint(step: int) -> Checkpoint:
         task=1,
         rounds_done=step % 3,
         state=state,
-        cil=[[97.5], [88.25, 0.1 + 0.2]],
-        til=[[100.0], [99.0, 98.0]],
-        cil_all_seen=[97.5, 90.0],
+        accuracy=AccuracyHistory(
+            [[97.5], [88.25, 0.1 + 0.2]], [[100.0], [99.0, 98.0]], [97.5, 90.0]
+        ),
         rounds_logged=step + 4,
         rng=RngStates.capture(),
     )
@@ -233,7 +234,7 @@ def test_a_checkpoint_reads_back_exactly_including_the_random_generators(tmp_pat
     loaded = Checkpoint.load(path)
     assert loaded.state["counter"].shape == () and loaded.state["counter"].dtype == np.int64
     assert np.array_equal(loaded.state["head.weight"], checkpoint.state["head.weight"])
-    assert loaded.cil == checkpoint.cil and loaded.cil[1][1] == 0.1 + 0.2
+    assert loaded.accuracy == checkpoint.accuracy and loaded.accuracy.cil[1][1] == 0.1 + 0.2
     assert (loaded.step, loaded.task, loaded.rounds_done, loaded.rounds_logged) == (5, 1, 2, 9)
     assert loaded.task_evaluated
     loaded.rng.restore()

@@ -16,20 +16,43 @@ from multifcl.data import Task
 from multifcl.experiment import load_experiment
 from multifcl.methods import ClientUpdate
 from multifcl.methods.base import UpdateLayout
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
-from strategies.records import CONFIG, content_to_update, update_to_content
-from strategies.update_validation import (
+from multifcl.update_validation import (
     MAX_EXAMPLES,
     RejectedUpdate,
-    conventional_layout,
     max_update_bytes,
     outlier_updates,
     validate_update,
 )
+from protocol.messages import CONFIG, content_to_update, update_to_content
+from server.continual_loop import run_continual_learning
+from server.in_process_grid import InProcessGrid
 
 TASK_1 = Task(0, range(3), range(3))
 TASK_2 = Task(1, range(3, 6), range(6))
+
+
+class DeclaredLayout:
+    """Stands in for a method: validation reads its `update_layout` and value check."""
+
+    def __init__(self, layout: UpdateLayout) -> None:
+        self.layout = layout
+
+    def update_layout(self, state, task) -> UpdateLayout:
+        return self.layout
+
+    def update_value_problem(self, state, update, task) -> str | None:
+        return None
+
+
+# the layouts of the hand-made states below: a prototypes-like method and a FedAvg one
+PER_CLASS = DeclaredLayout(
+    UpdateLayout(
+        rows={"class-counts": "class-counts", "class-means": "prototypes"},
+        dense=frozenset({"adapter/w"}),
+        feature_rows=frozenset({"class-means"}),
+    )
+)
+DENSE = DeclaredLayout(UpdateLayout(dense=frozenset({"w", "b"})))
 
 
 # --- unit checks on hand-made states ---------------------------------------------------------
@@ -62,16 +85,13 @@ def dense_update() -> ClientUpdate:
 
 
 def test_genuine_hand_made_updates_pass_and_float16_is_accepted_for_float32():
-    validate_update(per_class_state(), per_class_update(), TASK_2)
-    validate_update(dense_state(), dense_update(), TASK_1)
+    validate_update(per_class_state(), per_class_update(), TASK_2, PER_CLASS)
+    validate_update(dense_state(), dense_update(), TASK_1, DENSE)
     half = per_class_update()
     half.arrays = {
         k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in half.arrays.items()
     }
-    validate_update(per_class_state(), half, TASK_2)
-    partial = dense_update()  # a FedAvg update may leave out keys (LwF never sends its teacher)
-    del partial.arrays["b"]
-    validate_update(dense_state(), partial, TASK_1)
+    validate_update(per_class_state(), half, TASK_2, PER_CLASS)
 
 
 def set_item(key, index, value):
@@ -117,9 +137,9 @@ PER_CLASS_FAULTS = {
     "missing ids": (delete("class-ids"), "missing key.*'class-ids'"),
     "missing counts": (delete("class-counts"), "missing key.*'class-counts'"),
     "extra key": (replace("backdoor", np.zeros(1, np.float32)), "unknown key.*'backdoor'"),
-    "renamed twice": (
+    "state key sent whole": (  # the method sends rows of 'prototypes', never the matrix
         replace("prototypes", np.zeros((6, 4), np.float32)),
-        "'prototypes' sent under two names",
+        "unknown key.*'prototypes'",
     ),
     "not an array": (replace("adapter/w", [[0.0] * 4] * 2), "'adapter/w' is a list"),
     "float ids": (
@@ -171,7 +191,7 @@ def test_each_fault_of_a_per_class_update_is_rejected_with_its_reason(fault):
     update = per_class_update()
     corrupt(update)
     with pytest.raises(RejectedUpdate, match=reason) as raised:
-        validate_update(per_class_state(), update, TASK_2)
+        validate_update(per_class_state(), update, TASK_2, PER_CLASS)
     assert "\n" not in str(raised.value) and len(str(raised.value)) < 180
 
 
@@ -190,7 +210,7 @@ def test_each_fault_of_a_fedavg_update_is_rejected_with_its_reason(fault):
     update = dense_update()
     corrupt(update)
     with pytest.raises(RejectedUpdate, match=reason):
-        validate_update(dense_state(), update, TASK_1)
+        validate_update(dense_state(), update, TASK_1, DENSE)
 
 
 def test_the_byte_bound_covers_every_update_that_passes_the_shape_checks():
@@ -203,55 +223,27 @@ def test_the_byte_bound_covers_every_update_that_passes_the_shape_checks():
         "class-counts": np.array([1.0, 1.0, 1.0], np.float32),
         "adapter/w": np.zeros((2, 4), np.float32),
     }
-    validate_update(state, ClientUpdate(largest, 3), TASK_2)
+    validate_update(state, ClientUpdate(largest, 3), TASK_2, PER_CLASS)
     assert sum(v.nbytes for v in largest.values()) <= max_update_bytes(state, TASK_2)
 
 
 def test_the_sample_count_cap_can_be_tightened_by_the_caller():
     with pytest.raises(RejectedUpdate, match="num-examples 7 is outside 1..6"):
-        validate_update(per_class_state(), per_class_update(), TASK_2, max_examples=6)
+        validate_update(per_class_state(), per_class_update(), TASK_2, PER_CLASS, max_examples=6)
 
 
-def test_conventional_layout_reads_rows_and_whole_arrays_off_the_update():
-    layout = conventional_layout(per_class_state(), per_class_update().arrays)
-    assert layout.rows == {"class-counts": "class-counts", "class-means": "prototypes"}
-    assert layout.dense == {"adapter/w"}
-    assert conventional_layout(dense_state(), {"w": None}).dense == {"w"}
-
-
-class DeclaredLayout:
-    """Stands in for a method: validation reads its `update_layout` and value check."""
-
-    def __init__(self, layout: UpdateLayout | None) -> None:
-        self.layout = layout
-
-    def update_layout(self, state, task) -> UpdateLayout | None:
-        return self.layout
-
-    def update_value_problem(self, state, update, task) -> str | None:
-        return None
-
-
-def test_a_declared_layout_rejects_what_the_conventions_cannot_tell_apart():
+def test_the_declared_layout_rejects_a_missing_or_an_extra_state_key():
     state = {**per_class_state(), "adapter/v": np.ones((6, 4), np.float32)}
-    method = DeclaredLayout(
-        UpdateLayout(
-            {"class-means": "prototypes", "class-counts": "class-counts"}, frozenset({"adapter/w"})
-        )
-    )
     genuine = per_class_update()
-    validate_update(state, genuine, TASK_2, method)
+    validate_update(state, genuine, TASK_2, PER_CLASS)
     without_adapter = copy.deepcopy(genuine)
     del without_adapter.arrays["adapter/w"]
-    validate_update(state, without_adapter, TASK_2)  # the conventions allow a subset...
     with pytest.raises(RejectedUpdate, match="missing key.*'adapter/w'"):
-        validate_update(state, without_adapter, TASK_2, method)  # ...the method does not
-    frozen = copy.deepcopy(genuine)
+        validate_update(state, without_adapter, TASK_2, PER_CLASS)
+    frozen = copy.deepcopy(genuine)  # a row-shaped array the method never sends
     frozen.arrays["adapter/v"] = np.ones((6, 4), np.float32)
-    validate_update(state, frozen, TASK_2)
     with pytest.raises(RejectedUpdate, match="unknown key.*'adapter/v'"):
-        validate_update(state, frozen, TASK_2, method)
-    validate_update(state, frozen, TASK_2, DeclaredLayout(None))  # None: the conventions
+        validate_update(state, frozen, TASK_2, PER_CLASS)
 
 
 # --- genuine updates of every method ---------------------------------------------------------
@@ -295,7 +287,6 @@ def test_genuine_updates_of_every_method_pass(name, tiny_config):
     for state, update, task in rounds:
         for transmit_dtype in ("float32", "float16"):
             received = over_the_wire(update, transmit_dtype)
-            validate_update(state, received, task)
             validate_update(state, received, task, method)
 
 
@@ -359,7 +350,7 @@ def rows_update(scale: float = 1.0, seed: int = 0, adapter_step: float = 0.1) ->
 def test_a_row_far_from_the_median_row_norm_is_an_outlier_both_ways():
     for scale, shown in ((1e30, r"2\.\d+e\+30"), (1e-30, r"2\.\d+e-30"), (11.0, r"2\d\.\d")):
         updates = {"a": rows_update(seed=1), "b": rows_update(scale, seed=2), "c": rows_update()}
-        reasons = outlier_updates(per_class_state(), updates, TASK_2)
+        reasons = outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS)
         assert list(reasons) == ["b"]
         assert re.fullmatch(
             f"key 'class-means': a row of norm {shown} is outside \\[0.2\\d+, 2\\d.\\d\\], "
@@ -367,32 +358,33 @@ def test_a_row_far_from_the_median_row_norm_is_an_outlier_both_ways():
             reasons["b"],
         ), reasons["b"]
     honest = {"a": rows_update(seed=1), "b": rows_update(9.0, seed=2), "c": rows_update()}
-    assert outlier_updates(per_class_state(), honest, TASK_2) == {}
+    assert outlier_updates(per_class_state(), honest, TASK_2, PER_CLASS) == {}
 
 
 def test_merged_rows_bound_a_round_with_too_few_clients_for_a_median():
     pair = {"a": rows_update(), "b": rows_update(1e30, seed=2)}
-    assert outlier_updates(per_class_state(), pair, TASK_2) == {}  # no majority to judge by
+    # no majority to judge by
+    assert outlier_updates(per_class_state(), pair, TASK_2, PER_CLASS) == {}
     state = per_class_state()
     state["prototypes"][:3], state["class-counts"][:3] = 2.0, 5.0  # task 1's merged rows
-    assert list(outlier_updates(state, pair, TASK_2)) == ["b"]
-    assert list(outlier_updates(state, {"b": rows_update(1e30)}, TASK_2)) == ["b"]
-    assert outlier_updates(state, pair, TASK_2, max_row_norm_ratio=0) == {}  # off
+    assert list(outlier_updates(state, pair, TASK_2, PER_CLASS)) == ["b"]
+    assert list(outlier_updates(state, {"b": rows_update(1e30)}, TASK_2, PER_CLASS)) == ["b"]
+    assert outlier_updates(state, pair, TASK_2, PER_CLASS, max_row_norm_ratio=0) == {}  # off
 
 
 def test_a_dense_change_far_above_the_median_change_is_an_outlier():
     updates = {node: rows_update(seed=seed) for seed, node in enumerate("abc")}
     updates["d"] = rows_update(seed=3, adapter_step=1e3)
-    reasons = outlier_updates(per_class_state(), updates, TASK_2)
+    reasons = outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS)
     assert list(reasons) == ["d"]
     assert re.fullmatch(
         r"key 'adapter/w' changed by 4.\d+e\+03, more than 100x the median change 0.\d+",
         reasons["d"],
     ), reasons["d"]
-    assert outlier_updates(per_class_state(), updates, TASK_2, max_change_ratio=0) == {}
+    assert outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS, max_change_ratio=0) == {}
     # a client whose data moved it 50x further than the median client is not an outlier
     updates["d"] = rows_update(seed=3, adapter_step=5.0)
-    assert outlier_updates(per_class_state(), updates, TASK_2) == {}
+    assert outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS) == {}
 
 
 def test_float16_rounding_of_an_unchanged_array_is_never_an_outlier():
@@ -402,7 +394,7 @@ def test_float16_rounding_of_an_unchanged_array_is_never_an_outlier():
     for update in updates.values():
         update.arrays["adapter/w"] = state["adapter/w"].copy()
     updates["a"].arrays["adapter/w"] = state["adapter/w"].astype(np.float16).astype(np.float32)
-    assert outlier_updates(state, updates, TASK_2) == {}
+    assert outlier_updates(state, updates, TASK_2, PER_CLASS) == {}
 
 
 # --- fault injection through the real strategy -----------------------------------------------

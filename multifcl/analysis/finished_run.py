@@ -3,7 +3,6 @@ client snapshots, with one-line errors for a folder that cannot be analysed."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +10,17 @@ import numpy as np
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.methods import State
-from multifcl.results.checkpoints import CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
+from multifcl.results.run_folder import (
+    CLIENT_SNAPSHOT_FOLDER,
+    CONFIG_FILE,
+    TASK_FOLDER,
+    RunFolderError,
+    read_json,
+)
 
 
-class AnalysisError(ValueError):
-    """The run directory or an analysis option cannot be used; the message is one line."""
+class AnalysisError(RunFolderError):
+    """The run folder or an analysis option cannot be used; the message is one line."""
 
 
 @dataclass
@@ -32,9 +37,8 @@ class FinishedRun:
         path = Path(path).expanduser().resolve()
         if not path.is_dir():
             raise AnalysisError(f"run directory {str(path)!r} does not exist")
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise AnalysisError(f"{str(path)!r} is not a run directory (no config.json)")
+        if not (path / CONFIG_FILE).is_file():
+            raise AnalysisError(f"{str(path)!r} is not a run directory (no {CONFIG_FILE})")
         checkpoints = sorted((path / TASK_FOLDER).glob("task-*.npz"))
         if not checkpoints:
             raise AnalysisError(
@@ -48,7 +52,7 @@ class FinishedRun:
                 f"{str(path / TASK_FOLDER)!r}: expected {', '.join(expected)}, found {names}"
             )
         snapshots = sorted((path / CLIENT_SNAPSHOT_FOLDER).glob("client-*.npz"))
-        return cls(path, _read_config(config_file), checkpoints, snapshots)
+        return cls(path, _read_config(path), checkpoints, snapshots)
 
     @property
     def num_tasks(self) -> int:
@@ -79,13 +83,9 @@ def load_state(path: Path, expected: State) -> State:
     return state
 
 
-def _read_config(config_file: Path) -> ExperimentConfig:
+def _read_config(path: Path) -> ExperimentConfig:
     """The run's config; extra keys the server stores beside it (class order ...) are skipped."""
     try:
-        payload = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise AnalysisError(f"{str(config_file)!r} is unreadable: {error}") from None
-    try:
-        return ExperimentConfig.from_saved_run(payload)
+        return ExperimentConfig.from_saved_run(read_json(path, CONFIG_FILE))
     except ConfigError as error:
-        raise AnalysisError(f"{str(config_file)!r}: {error}") from None
+        raise AnalysisError(f"{str(path / CONFIG_FILE)!r}: {error}") from None

@@ -4,7 +4,6 @@ CSV tables under `analysis/`."""
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from multifcl.analysis.figures import cka_drift_heatmap, redundancy_curves
 from multifcl.analysis.finished_run import FinishedRun
 from multifcl.analysis.robustness import RobustnessRow
 from multifcl.reporting.figures import run_title
+from multifcl.results.run_folder import METRICS_FILE, RunFolderError, read_json
 
 FOLDER = "analysis"
 REPORT = "analysis.md"
@@ -191,8 +191,8 @@ def _robustness_section(rows: list[RobustnessRow], group: str) -> str:
 def _equizero_line(run_path: Path) -> list[str]:
     """The run's own equizero result from metrics.json, when it was evaluated with it."""
     try:
-        metrics = json.loads((run_path / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        metrics = read_json(run_path, METRICS_FILE)
+    except RunFolderError:
         return []
     if "equizero" not in metrics or "last" not in metrics:
         return []

@@ -94,10 +94,10 @@ class Method(ABC):
         """Write what a user may reuse outside this tool (adapters); nothing by default."""
         return []
 
-    def update_layout(self, state: State, task: Task) -> UpdateLayout | None:
+    @abstractmethod
+    def update_layout(self, state: State, task: Task) -> UpdateLayout:
         """The exact arrays of a genuine update of `task` (checked by the server before it
-        merges); None (the default): inferred from the update conventions."""
-        return None
+        merges)."""
 
     def update_value_problem(self, state: State, update: ClientUpdate, task: Task) -> str | None:
         """Why a genuine-looking update's values are impossible for this method (one line),

@@ -1,6 +1,6 @@
 """Crash-safe checkpoints: where a run stands, written atomically after every round.
 
-A checkpoint holds the global state, the accuracy matrices, the position in the task
+A checkpoint holds the global state, the accuracy history, the position in the task
 stream and the server's random-number generator states, so a killed run continues from
 its last complete round with the same results as a run that was never interrupted.
 
@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 from multifcl.atomic_files import replace_atomically
+from multifcl.metrics.accuracy_history import AccuracyHistory
+from multifcl.results.run_folder import CHECKPOINT_FOLDER, CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
 
 State = dict[str, np.ndarray]
 
-FOLDER = "checkpoints"
-TASK_FOLDER = "task-checkpoints"
-CLIENT_SNAPSHOT_FOLDER = "client-snapshots"
 KEPT = 2  # the newest and the previous good one
 FORMAT_VERSION = 1
 _STATE_PREFIX = "state/"
@@ -70,7 +69,7 @@ class Checkpoint:
     """A run's position after a merged round or after a task's evaluation.
 
     `task` is the 0-based task in progress; `rounds_done` of its rounds are merged into
-    `state`; the task is evaluated once `len(cil) > task`. `rounds_logged` is the number of
+    `state`; the task is evaluated once `accuracy` has its rows. `rounds_logged` is the number of
     rows of rounds.csv that belong to this point (later rows are dropped on resume).
     `run_id` is the identity of the run that wrote it (None before run ids existed).
     """
@@ -79,17 +78,14 @@ class Checkpoint:
     task: int
     rounds_done: int
     state: State
-    cil: list[list[float]]
-    til: list[list[float]]
-    cil_all_seen: list[float]
+    accuracy: AccuracyHistory
     rounds_logged: int
     rng: RngStates
-    cil_equizero: list[list[float]] = field(default_factory=list)  # eval-canonicalize only
     run_id: str | None = None
 
     @property
     def task_evaluated(self) -> bool:
-        return len(self.cil) > self.task
+        return self.accuracy.tasks_evaluated > self.task
 
     @property
     def file_name(self) -> str:
@@ -97,7 +93,7 @@ class Checkpoint:
 
     def save(self, run_path: Path) -> Path:
         """Write `checkpoints/checkpoint-<step>.npz` atomically; keep only the newest two."""
-        folder = run_path / FOLDER
+        folder = run_path / CHECKPOINT_FOLDER
         path = folder / self.file_name
         _write_npz(path, self._arrays())
         for old in _checkpoint_files(folder)[KEPT:]:
@@ -113,10 +109,10 @@ class Checkpoint:
             "step": self.step,
             "task": self.task,
             "rounds_done": self.rounds_done,
-            "cil": self.cil,
-            "til": self.til,
-            "cil_all_seen": self.cil_all_seen,
-            "cil_equizero": self.cil_equizero,
+            "cil": self.accuracy.cil,
+            "til": self.accuracy.til,
+            "cil_all_seen": self.accuracy.cil_all_seen,
+            "cil_equizero": self.accuracy.cil_equizero,
             "rounds_logged": self.rounds_logged,
             "state_keys": sorted(self.state),
             "python_rng": [python_version, list(python_state), python_gauss],
@@ -160,12 +156,11 @@ class Checkpoint:
                 task=int(meta["task"]),
                 rounds_done=int(meta["rounds_done"]),
                 state=state,
-                cil=meta["cil"],
-                til=meta["til"],
-                cil_all_seen=meta["cil_all_seen"],
+                accuracy=AccuracyHistory(
+                    meta["cil"], meta["til"], meta["cil_all_seen"], meta.get("cil_equizero", [])
+                ),
                 rounds_logged=int(meta["rounds_logged"]),
                 rng=rng,
-                cil_equizero=meta.get("cil_equizero", []),
                 run_id=meta.get("run_id"),
             )
         except CheckpointError as error:
@@ -182,7 +177,7 @@ def latest_checkpoint(run_path: Path, warn: Callable[[str], None] = logger.warni
     so the next checkpoint written continues the sequence from the good one. Raises
     CheckpointError when the run has no usable checkpoint at all.
     """
-    folder = run_path / FOLDER
+    folder = run_path / CHECKPOINT_FOLDER
     for stale in folder.glob("*.tmp"):  # a write that was cut off before its rename
         stale.unlink(missing_ok=True)
     candidates = _checkpoint_files(folder)

@@ -10,8 +10,6 @@ import numpy as np
 
 from multifcl.data import FederatedStream
 
-PARTITION_FILE = "partition.json"
-
 
 def partition_counts(
     data: FederatedStream, num_clients: int, held: list[int] | None = None

@@ -3,18 +3,18 @@ long work: the folder, its config.json and a usable checkpoint of that same run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
 from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
-from multifcl.results.checkpoints import (
-    FOLDER,
-    Checkpoint,
-    CheckpointError,
-    latest_checkpoint,
+from multifcl.results.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
+from multifcl.results.run_folder import (
+    CHECKPOINT_FOLDER,
+    CONFIG_FILE,
+    RUN_ID_KEY,
+    RunFolderError,
+    read_json,
 )
-from multifcl.results.run_directory import CONFIG_FILE, RUN_ID_KEY
 
 # Keys that may change between the interrupted run and its resumption: where results go,
 # how failures are handled, what is logged. Every other key changes results.
@@ -57,8 +57,8 @@ def open_resumable_run(
     is renamed)."""
     folder = resume_folder(config)
     try:
-        saved = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as error:
+        saved = read_json(folder, CONFIG_FILE)
+    except RunFolderError as error:
         reason = " ".join(str(error).split())
         raise ConfigError(
             f"{KEY}: {str(folder)!r} has no readable {CONFIG_FILE}: {reason}"
@@ -78,7 +78,7 @@ def open_resumable_run(
     run_id = saved.get(RUN_ID_KEY)
     if checkpoint.run_id != run_id:
         raise ConfigError(
-            f"{KEY}: {str(folder / FOLDER / checkpoint.file_name)!r} was written by run "
+            f"{KEY}: {str(folder / CHECKPOINT_FOLDER / checkpoint.file_name)!r} was written by run "
             f"{checkpoint.run_id or '(no id)'}, not by the folder's run {run_id or '(no id)'} "
             f"({CONFIG_FILE}): another run wrote into this folder; it cannot be resumed"
         )

@@ -21,26 +21,20 @@ from multifcl.atomic_files import replace_atomically, replace_text_atomically
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import FederatedStream
 from multifcl.features import remove_spilled_features
-from multifcl.metrics import RoundRecord, summarize
+from multifcl.metrics import AccuracyHistory, RoundRecord
 from multifcl.reporting.figures import run_title
-from multifcl.results.checkpoints import FOLDER as CHECKPOINT_FOLDER
-from multifcl.results.checkpoints import TASK_FOLDER
-from multifcl.results.partition_file import PARTITION_FILE, partition_counts
+from multifcl.results.partition_file import partition_counts
+from multifcl.results.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    PARTITION_FILE,
+    PLOT_FILE,
+    ROUNDS_FILE,
+    RUN_FILES,
+    RUN_ID_KEY,
+    TENSORBOARD_FOLDER,
+)
 from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
-
-FORMULAS = {
-    "a[t][j]": "accuracy (%) on task j's test set after training task t (0-based)",
-    "A_t": "mean over j <= t of a[t][j]",
-    "last": "A_{T-1}",
-    "avg": "mean over t of A_t",
-    "forgetting": "mean over j < T-1 of (max over l in [j, T-2] of a[l][j]) - a[T-1][j]",
-    "forgetting_first_task": "a[0][0] - a[T-1][0] (the MultiFCL paper's F)",
-    "bwt": "mean over j < T-1 of a[T-1][j] - a[j][j]",
-}
-CONFIG_FILE = "config.json"
-RUN_ID_KEY = "run-id"
-# what a run writes first: a folder holding any of them belongs to a run
-RUN_FILES = (CONFIG_FILE, "rounds.csv", "metrics.json", CHECKPOINT_FOLDER, TASK_FOLDER)
 
 
 def new_run_id() -> str:
@@ -101,7 +95,7 @@ class RunDirectory:
         payload = {RUN_ID_KEY: self.run_id, **config.to_run_config(), **extra}
         self.title = run_title(payload)
         replace_text_atomically(self.path / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
-        with open(self.path / "rounds.csv", "w", newline="") as handle:
+        with open(self.path / ROUNDS_FILE, "w", newline="") as handle:
             csv.writer(handle).writerow(RoundRecord.columns())
         self._open_tensorboard(config)
 
@@ -111,18 +105,20 @@ class RunDirectory:
         today's header (columns an older version did not write stay empty)."""
         self.title = run_title(config.to_run_config())
         remove_spilled_features(self.path)
-        with open(self.path / "rounds.csv", newline="") as handle:
+        with open(self.path / ROUNDS_FILE, newline="") as handle:
             rows = list(csv.DictReader(handle))[:rounds_kept]
         text = io.StringIO()
         writer = csv.DictWriter(text, RoundRecord.columns(), restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        replace_text_atomically(self.path / "rounds.csv", text.getvalue())
+        replace_text_atomically(self.path / ROUNDS_FILE, text.getvalue())
         self._open_tensorboard(config)
 
     def _open_tensorboard(self, config: ExperimentConfig) -> None:
         if config.logger == "tensorboard":
-            self._tensorboard = TensorBoardLog(self.path / "tensorboard", config.rounds_per_task)
+            self._tensorboard = TensorBoardLog(
+                self.path / TENSORBOARD_FOLDER, config.rounds_per_task
+            )
 
     def write_partition(
         self, data: FederatedStream, num_clients: int, held: list[int] | None = None
@@ -133,41 +129,17 @@ class RunDirectory:
         replace_text_atomically(self.path / PARTITION_FILE, json.dumps(counts) + "\n")
 
     def append_round(self, record: RoundRecord) -> None:
-        with open(self.path / "rounds.csv", "a", newline="") as handle:
+        with open(self.path / ROUNDS_FILE, "a", newline="") as handle:
             csv.writer(handle).writerow(record.as_row())
         if self._tensorboard is not None:
             self._tensorboard.log_round(record)
 
-    def write_metrics(
-        self,
-        cil: list[list[float]],
-        til: list[list[float]],
-        cil_all_seen: list[float],
-        num_tasks: int,
-        cil_equizero: list[list[float]] | None = None,
-    ) -> dict:
-        """Write metrics.json and accuracy.png for the stages so far; return the metrics.
-
-        `cil_equizero` (eval-canonicalize = "equizero") adds `accuracy_matrix_equizero` and
-        its summary under `equizero`.
-        """
-        summary = summarize(cil)
-        metrics = {
-            "accuracy_matrix": _square(cil, num_tasks),
-            "til_accuracy_matrix": _square(til, num_tasks),
-            **summary.as_dict(),
-            "til": summarize(til).as_dict(),
-            "accuracy_all_seen_classes": cil_all_seen,
-            "tasks_finished": len(cil),
-            "num_tasks": num_tasks,
-            "units": "percent",
-            "formulas": FORMULAS,
-        }
-        if cil_equizero and len(cil_equizero) == len(cil):  # one row per evaluated task
-            metrics["accuracy_matrix_equizero"] = _square(cil_equizero, num_tasks)
-            metrics["equizero"] = summarize(cil_equizero).as_dict()
-        replace_text_atomically(self.path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        self._plot(cil, summary.stage_accuracy)
+    def write_metrics(self, accuracy: AccuracyHistory, num_tasks: int) -> dict:
+        """Write metrics.json (`AccuracyHistory.metrics`) and accuracy.png for the tasks
+        evaluated so far; return the metrics."""
+        metrics = accuracy.metrics(num_tasks)
+        replace_text_atomically(self.path / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        self._plot(accuracy.cil, metrics["stage_accuracy"])
         if self._tensorboard is not None:
             self._tensorboard.log_task(metrics)
         return metrics
@@ -195,15 +167,8 @@ class RunDirectory:
         axis.legend(fontsize=7, ncol=2)
         axis.grid(alpha=0.3)
         figure.tight_layout()
-        png = self.path / "accuracy.png"
+        png = self.path / PLOT_FILE
         replace_atomically(
             png, lambda stream: figure.savefig(stream, format="png", dpi=120, bbox_inches="tight")
         )
         plt.close(figure)
-
-
-def _square(rows: list[list[float]], size: int) -> list[list[float | None]]:
-    """The matrix as size x size with None where a[t][j] is not defined (j > t or not run)."""
-    return [
-        [rows[t][j] if t < len(rows) and j <= t else None for j in range(size)] for t in range(size)
-    ]

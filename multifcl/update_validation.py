@@ -3,13 +3,10 @@
 A reply is merged only when it has the arrays a genuine update has (per-class rows of the
 task's classes, dense arrays in the state's shape and dtype), finite values, counts that add
 up to its sample count, and a size no genuine update can exceed. The exact layout comes from
-the method (`Method.update_layout`) when the caller passes it; otherwise it is read off the
-update conventions:
-
-- a key that exists in the global state is sent whole, in the state's shape and dtype;
-- per-class uploads are `class-ids` (integers, shape (k,)), `class-counts` (shape (k,)) and
-  row arrays of shape (k, ...) whose state key holds a (num_classes, ...) array;
-- float arrays may travel as float16 where the state holds float32 (`transmit-dtype`).
+the method (`Method.update_layout`): per-class uploads are `class-ids` (integers, shape
+(k,)), `class-counts` (shape (k,)) and row arrays of shape (k, ...) of a (num_classes, ...)
+state array; dense arrays are sent whole; float arrays may travel as float16 where the state
+holds float32 (`transmit-dtype`).
 
 `outlier_updates` then compares the round's updates that passed with each other: a finite
 value can still be absurd (a class mean x 1e30), which only its size next to the genuine
@@ -29,9 +26,6 @@ from multifcl.methods.base import UpdateLayout
 
 CLASS_IDS = "class-ids"
 CLASS_COUNTS = "class-counts"
-# Per-class row uploads whose name differs from the state key they update (upload -> state);
-# only the `prototypes` method does this (it sends `class-means` rows of `prototypes`).
-RENAMED_ROWS = {"class-means": "prototypes"}
 # Class counts travel as float32, which holds every whole number up to 2**24 exactly.
 MAX_EXAMPLES = 2**24
 # float16 rounds a number x to within |x| * 2**-11: the slack of the counts' sum, and the
@@ -50,13 +44,12 @@ def validate_update(
     state: State,
     update: ClientUpdate,
     task: Task,
-    method: Method | None = None,
+    method: Method,
     max_examples: int = MAX_EXAMPLES,
 ) -> None:
     """Raise RejectedUpdate(one-line reason) when the update must not be merged.
 
-    `method` (optional) gives the exact layout of a genuine update of `task`; without it
-    the layout is inferred from the update conventions (see `conventional_layout`).
+    `method` gives the exact layout of a genuine update of `task` and its value check.
     `max_examples` caps the sample count a client may claim (e.g. the task's training-set
     size, when the caller knows it).
     """
@@ -64,7 +57,7 @@ def validate_update(
     _check_diagnostics(update)
     arrays = update.arrays
     _check_size(arrays, max_update_bytes(state, task))
-    layout = _layout(state, arrays, task, method)
+    layout = method.update_layout(state, task)
     _check_keys(arrays, layout)
     if layout.rows:
         ids = _checked_class_ids(arrays[CLASS_IDS], task)
@@ -74,7 +67,7 @@ def validate_update(
         _check_array(key, arrays[key], state[key], state[key].shape)
     if CLASS_COUNTS in layout.rows:
         _check_counts(arrays[CLASS_COUNTS], update.num_examples)
-    problem = method.update_value_problem(state, update, task) if method is not None else None
+    problem = method.update_value_problem(state, update, task)
     if problem is not None:
         raise RejectedUpdate(problem)
 
@@ -83,7 +76,7 @@ def outlier_updates(
     state: State,
     updates: Mapping[Hashable, ClientUpdate],
     task: Task,
-    method: Method | None = None,
+    method: Method,
     max_row_norm_ratio: float = 10.0,
     max_change_ratio: float = 100.0,
 ) -> dict[Hashable, str]:
@@ -105,7 +98,7 @@ def outlier_updates(
     """
     if not updates:
         return {}
-    layout = _layout(state, next(iter(updates.values())).arrays, task, method)
+    layout = method.update_layout(state, task)
     found: list[dict[Hashable, str]] = []
     if max_row_norm_ratio:
         found += [
@@ -170,41 +163,6 @@ def _change_outliers(key: str, current: np.ndarray, updates, ratio: float) -> di
 def _row_norms(rows: np.ndarray) -> np.ndarray:
     flat = rows.astype(np.float64).reshape(len(rows), int(np.prod(rows.shape[1:])))
     return np.sqrt((flat**2).sum(axis=1))
-
-
-def _layout(state: State, arrays: State, task: Task, method: Method | None) -> UpdateLayout:
-    layout = method.update_layout(state, task) if method is not None else None
-    return layout if layout is not None else conventional_layout(state, arrays)
-
-
-def conventional_layout(state: State, arrays: State) -> UpdateLayout:
-    """The layout the update conventions give for `state`, read off the update's own keys.
-
-    A state holding `class-counts` belongs to a per-class method: its updates must carry
-    `class-ids` and `class-counts` (and `class-means` when the state holds `prototypes`);
-    any other state key they send is a row array when the state holds one row per class
-    of it and the update does not send it whole, else a dense array; row arrays of more
-    than one value per class are feature rows. Any other state is
-    merged by FedAvg: the update may send any of its keys, whole. Which dense keys must be
-    present, and which arrays are rows when both shapes fit, only the method knows.
-    """
-    if CLASS_COUNTS not in state:
-        sent = frozenset(key for key in arrays if key in state)
-        return UpdateLayout(dense=sent or frozenset(state))
-    num_classes = len(state[CLASS_COUNTS])
-    rows = {CLASS_COUNTS: CLASS_COUNTS}
-    rows.update({name: target for name, target in RENAMED_ROWS.items() if target in state})
-    dense = set()
-    for key, value in arrays.items():
-        if key in rows or key == CLASS_IDS or key not in state:
-            continue
-        shape = state[key].shape
-        if np.shape(value) == shape or not shape or shape[0] != num_classes:
-            dense.add(key)
-        else:
-            rows[key] = key
-    features = {key for key, target in rows.items() if np.prod(state[target].shape[1:]) > 1}
-    return UpdateLayout(rows, frozenset(dense), frozenset(features))
 
 
 def max_update_bytes(state: State, task: Task) -> int:
@@ -331,7 +289,6 @@ def _check_counts(counts: np.ndarray, num_examples: int) -> None:
 __all__ = [
     "MAX_EXAMPLES",
     "RejectedUpdate",
-    "conventional_layout",
     "max_update_bytes",
     "outlier_updates",
     "validate_update",

@@ -1,0 +1,74 @@
+"""A run's accuracy history: one row of each accuracy matrix per evaluated task, and the
+metrics.json summary of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from multifcl.metrics.continual import summarize
+
+if TYPE_CHECKING:
+    from multifcl.evaluation import StageAccuracy
+
+FORMULAS = {
+    "a[t][j]": "accuracy (%) on task j's test set after training task t (0-based)",
+    "A_t": "mean over j <= t of a[t][j]",
+    "last": "A_{T-1}",
+    "avg": "mean over t of A_t",
+    "forgetting": "mean over j < T-1 of (max over l in [j, T-2] of a[l][j]) - a[T-1][j]",
+    "forgetting_first_task": "a[0][0] - a[T-1][0] (the MultiFCL paper's F)",
+    "bwt": "mean over j < T-1 of a[T-1][j] - a[j][j]",
+}
+
+
+@dataclass
+class AccuracyHistory:
+    """Accuracies (percent) after each evaluated task: class-incremental (`cil`) and
+    task-incremental (`til`) matrix rows, CIL over all seen classes, and the equizero CIL
+    rows (eval-canonicalize = "equizero"; a run resumed from before it has fewer)."""
+
+    cil: list[list[float]] = field(default_factory=list)
+    til: list[list[float]] = field(default_factory=list)
+    cil_all_seen: list[float] = field(default_factory=list)
+    cil_equizero: list[list[float]] = field(default_factory=list)
+
+    @property
+    def tasks_evaluated(self) -> int:
+        return len(self.cil)
+
+    def appended(self, stage: StageAccuracy) -> AccuracyHistory:
+        """A new history: this one with the rows of one more evaluated task."""
+        equizero = [] if stage.cil_equizero is None else [stage.cil_equizero]
+        return AccuracyHistory(
+            [*self.cil, stage.cil],
+            [*self.til, stage.til],
+            [*self.cil_all_seen, stage.cil_all_seen],
+            [*self.cil_equizero, *equizero],
+        )
+
+    def metrics(self, num_tasks: int) -> dict:
+        """What metrics.json holds: the matrices as num_tasks x num_tasks (None where not
+        defined), their summaries, and the formulas (`FORMULAS`)."""
+        metrics = {
+            "accuracy_matrix": _square(self.cil, num_tasks),
+            "til_accuracy_matrix": _square(self.til, num_tasks),
+            **summarize(self.cil).as_dict(),
+            "til": summarize(self.til).as_dict(),
+            "accuracy_all_seen_classes": self.cil_all_seen,
+            "tasks_finished": len(self.cil),
+            "num_tasks": num_tasks,
+            "units": "percent",
+            "formulas": FORMULAS,
+        }
+        if self.cil_equizero and len(self.cil_equizero) == len(self.cil):  # rows aligned
+            metrics["accuracy_matrix_equizero"] = _square(self.cil_equizero, num_tasks)
+            metrics["equizero"] = summarize(self.cil_equizero).as_dict()
+        return metrics
+
+
+def _square(rows: list[list[float]], size: int) -> list[list[float | None]]:
+    """The matrix as size x size with None where a[t][j] is not defined (j > t or not run)."""
+    return [
+        [rows[t][j] if t < len(rows) and j <= t else None for j in range(size)] for t in range(size)
+    ]
