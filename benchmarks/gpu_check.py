@@ -141,8 +141,11 @@ def throughput(method: MultiFCLMethod, setting: Setting, seconds: float) -> dict
     images = torch.randint(0, 256, (setting.extract_batch, 3, SOURCE_SIZE, SOURCE_SIZE))
     images = images.to(torch.uint8)
     labels = torch.randint(0, NUM_CLASSES, (setting.train_batch,), device=device)
-    prototypes = [torch.randn(NUM_CLASSES, d, device=device) for d in method.tap_dims]
-    adapters = list(method.adapters.set_parameters(0).values())
+    state = method.initial_state()
+    for m, d in enumerate(method.tap_dims):
+        state[f"expert-{m}/prototypes"] = torch.randn(NUM_CLASSES, d).numpy()
+    method.experts.load(state)
+    adapters = list(method.adapters.parameters([0]).values())
     optimizer = torch.optim.SGD(adapters, lr=0.01, momentum=0.9)
 
     @torch.no_grad()
@@ -152,7 +155,7 @@ def throughput(method: MultiFCLMethod, setting: Setting, seconds: float) -> dict
 
     def train() -> int:
         pixels = backbone.preprocess(images[: setting.train_batch])
-        logits = method.all_expert_logits(method.expert_features(pixels), prototypes)
+        logits = method.experts.logits(method.expert_features(pixels))
         loss = sum(F.cross_entropy(z, labels) for z in logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

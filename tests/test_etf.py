@@ -56,7 +56,8 @@ def test_every_head_maps_features_with_a_trained_signed_map(feature_map, layers,
         isinstance(m, t) for m, t in zip(modules, layers, strict=True)
     )
     assert head.vertices.shape == (width, CLASSES)
-    assert "vertices" in head.state_dict() and "vertices" not in dict(head.named_parameters())
+    assert "vertices" in dict(head.named_buffers())  # fixed: neither trained nor sent
+    assert "vertices" not in head.state_dict() and "vertices" not in dict(head.named_parameters())
     assert head.projected(torch.rand(5, DIM)).shape == (5, width)
     same = ETFHead(feature_dim=DIM, num_classes=CLASSES, seed=0, feature_map=feature_map)
     assert all(torch.equal(a, b) for a, b in zip(head.parameters(), same.parameters()))

@@ -242,9 +242,9 @@ def test_clip_backbone_uses_its_own_text_tower_and_compares_images_with_text(tin
     )
     experiment = load_experiment(config)
     method, stream = experiment.method, experiment.data.stream
-    assert method.text_encoder.aligned and method.class_text.shape == (10, 16)
+    assert method.experts.text_encoder.aligned and method.experts.class_text.shape == (10, 16)
     image_feature = experiment.backbone.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 1)
-    assert method.text_encoder.project_images(image_feature).shape == (1, 16)
+    assert method.experts.text_encoder.project_images(image_feature).shape == (1, 16)
     state = method.initial_state()
     for index in range(2):
         task = stream.task(index)

@@ -64,7 +64,7 @@ def test_the_adapter_phase_uploads_class_means_under_the_trained_adapters(tiny_c
     assert any(key.startswith("adapter/") for key in update.arrays)
     assert "prototype-movement" not in update.metrics
     state = {**method.initial_state(), **_adapters(update.arrays)}
-    method._load_adapters(state)
+    method.adapters.load(state)
     features = method._encode(data.images)
     for m, feature in enumerate(features):
         for row, c in zip(update.arrays[f"expert-{m}/prototypes"], update.arrays["class-ids"]):
@@ -82,7 +82,7 @@ def test_the_experts_round_sends_no_adapters_and_gets_no_gradient_into_them(tiny
     update = method.train_client(state, data, task, seed=0)
     assert not _adapters(update.arrays)
     assert update.metrics["prototype-movement"] > MOVES_AT_LEAST
-    after = method._adapter_arrays(range(method.policy.num_sets))
+    after = method.adapters.arrays(range(method.adapters.num_sets))
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert method.update_layout(state, task).dense == frozenset()
 
@@ -95,7 +95,8 @@ def test_per_epoch_refinement_halves_towards_the_class_mean(tiny_config):
     config = tiny_config(method="multifcl", use_experts=False, use_self_kd=False, local_epochs=3)
     method = load_experiment(config).method
     init, mean = torch.tensor([[8.0, 0.0]]), torch.tensor([0.0, 8.0])
-    method._refine([init], [{0: mean}])
+    method.experts.prototypes = [init]
+    method.experts.refine([{0: mean}])
     assert torch.allclose(init, torch.tensor([[1.0, 7.0]]))
 
 

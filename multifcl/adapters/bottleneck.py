@@ -64,6 +64,10 @@ class BottleneckAdapters(nn.Module):
         name = set_name(index)
         return {f"{name}/{key}": value for key, value in self.sets[name].named_parameters()}
 
+    def trainable_module(self, index: int) -> nn.Module:
+        """The module whose layers TempBalance balances while set `index` trains."""
+        return self.sets[set_name(index)]
+
     def export(self, folder: Path) -> list[Path]:
         """One file `bottleneck-adapters.pt` that plain `torch.load` reads back."""
         folder.mkdir(parents=True, exist_ok=True)

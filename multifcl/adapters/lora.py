@@ -86,6 +86,11 @@ class LoraAdapters(nn.Module):
             if marker in key
         }
 
+    def trainable_module(self, index: int) -> nn.Module:
+        """The module whose layers TempBalance balances while set `index` trains: the whole
+        backbone, where only that set's factors require grad."""
+        return self.backbone
+
     def export(self, folder: Path, sets: Mapping[int, str] | None = None) -> list[Path]:
         """One folder per set that `peft.PeftModel.from_pretrained(base, folder)` reads back:
         `sets` maps set indices to folder names (default: every set, as `lora-<set name>`)."""

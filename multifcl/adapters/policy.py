@@ -9,20 +9,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+NO_ADAPTERS = "none"  # the policy (and bank) of a run without adapters: no set at all
+
 
 @dataclass(frozen=True)
 class AdapterPolicy:
-    """`first-task`: one set, trained in task 1 then frozen. `per-task`: set t trains in task t."""
+    """`first-task`: one set, trained in task 1 then frozen. `per-task`: set t trains in task t.
+    `none` (`NO_ADAPTERS`): no set."""
 
     name: str
     num_tasks: int
 
     @property
     def num_sets(self) -> int:
+        if self.name == NO_ADAPTERS:
+            return 0
         return 1 if self.name == "first-task" else self.num_tasks
 
     def trainable_set(self, task_index: int) -> int | None:
         """The set trained during task `task_index` (0-based), or None once all are frozen."""
+        if self.name == NO_ADAPTERS:
+            return None
         if self.name == "first-task":
             return 0 if task_index == 0 else None
         return task_index

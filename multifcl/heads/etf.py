@@ -11,12 +11,17 @@ loss weights classes by their in-batch frequency (`etf-dr-balance`), as the offi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from multifcl.config import ETF_MAPS, ConfigError
+
+if TYPE_CHECKING:
+    from multifcl.config import ExperimentConfig
 
 DEFAULT_SCALE = 16.0  # FedETF learns this scale; here it is fixed (a temperature of 1/16)
 ETF_LOSS_KINDS = ("dr", "ce")
@@ -47,7 +52,8 @@ def simplex_etf(num_classes: int, dim: int, seed: int) -> torch.Tensor:
 class ETFHead(nn.Module):
     """Logits = scale * cos(mapped feature, vertex_c) for every class c of the stream.
 
-    `vertices` (width x classes) is a buffer: in the state_dict, not in `parameters()`.
+    `vertices` (width x classes) is a non-persistent buffer: fixed, so neither trained nor
+    in the state_dict; a method sends and loads the head's state_dict (its map) alone.
     Features pass a trainable signed map (`projection`) before they are normalized, because a
     backbone feature may be non-negative (ReLU6 + average pooling in EfficientNet-Lite0), and a
     non-negative vector cannot point at a signed simplex vertex. `feature_map`:
@@ -88,7 +94,7 @@ class ETFHead(nn.Module):
         if feature_map != "batchnorm" or feature_dim < width:
             layers.append(_seeded_linear(feature_dim, width, seed + 1))
         self.projection = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
-        self.register_buffer("vertices", simplex_etf(num_classes, width, seed))
+        self.register_buffer("vertices", simplex_etf(num_classes, width, seed), persistent=False)
 
     def projected(self, features: torch.Tensor) -> torch.Tensor:
         """The features in the vertices' space (not normalized)."""
@@ -184,6 +190,25 @@ def etf_loss(
             logits = logits[:, :num_seen]
         return F.cross_entropy(logits, targets)
     raise ValueError(f"unknown ETF loss {kind!r}, expected one of {ETF_LOSS_KINDS}")
+
+
+@dataclass(frozen=True)
+class ETFObjective:
+    """How features train towards an ETF head, the same in every method: the run config's
+    `etf-loss` (`kind`) and `etf-dr-balance` (`balanced`)."""
+
+    kind: str
+    balanced: bool
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> ETFObjective:
+        return cls(config.etf_loss, config.etf_dr_balance)
+
+    def loss(
+        self, head: ETFHead, features: torch.Tensor, targets: torch.Tensor, num_seen: int
+    ) -> torch.Tensor:
+        """`etf_loss` of `features` towards their vertices, over the first `num_seen` classes."""
+        return etf_loss(head, features, targets, self.kind, num_seen, self.balanced)
 
 
 def mean_pairwise_class_mean_cosine(features: torch.Tensor, labels: torch.Tensor) -> float:

@@ -17,7 +17,7 @@ from torch import nn
 from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
 from multifcl.data import InMemoryImages, Task
-from multifcl.heads.etf import ETFHead, etf_loss, mean_pairwise_class_mean_cosine
+from multifcl.heads.etf import ETFHead, ETFObjective, mean_pairwise_class_mean_cosine
 from multifcl.methods.base import (
     CLASS_MEAN_COSINE,
     SECONDS_PER_STEP,
@@ -88,6 +88,7 @@ class FinetuneMethod(Method):
         super().__init__(config, backbone, class_names)
         self.etf = config.head == "etf"
         self.etf_map = config.etf_map if self.etf else None
+        self.etf_objective = ETFObjective.of(config)
         self.model = TrainableTop(backbone, self.num_classes, config.seed, self.etf_map)
         self.model.eval()  # no dropout: runs are reproducible from the seed
         self._initial_state = self._current_state()
@@ -96,11 +97,10 @@ class FinetuneMethod(Method):
         return {key: value.copy() for key, value in self._initial_state.items()}
 
     def _current_state(self) -> State:
-        """Trained weights only: the ETF vertices are a fixed buffer, never sent."""
+        """Trained weights only (an ETF head's fixed vertices are not in its state_dict)."""
         return {
             key: value.detach().cpu().numpy().copy()
             for key, value in self.model.state_dict().items()
-            if not key.endswith("vertices")
         }
 
     def _load(self, state: State) -> None:
@@ -114,10 +114,7 @@ class FinetuneMethod(Method):
     def _features_loss(self, features: torch.Tensor, labels: torch.Tensor, seen: int):
         """Cross-entropy over the seen classes, or `etf-loss` towards the fixed vertices."""
         if self.etf:
-            config = self.config
-            return etf_loss(
-                self.model.head, features, labels, config.etf_loss, seen, config.etf_dr_balance
-            )
+            return self.etf_objective.loss(self.model.head, features, labels, seen)
         return F.cross_entropy(self.model.head(features)[:, :seen], labels)
 
     def train_client(
