@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.heads.cosine_prototypes import cosine_logits
-from multifcl.methods.multifcl import prototype_key
+from multifcl.heads.prototype_experts import prototype_key
 from multifcl.results.checkpoints import latest_checkpoint
 
 
 @torch.no_grad()
 def final_features(method, state, images: torch.Tensor) -> torch.Tensor:
     """The final expert's features of `images` under the state's adapters."""
-    method._load_adapters(state)
+    method.adapters.load(state)
     return method._encode(images)[-1].float().cpu()
 
 
