@@ -44,6 +44,22 @@ def test_commands_refuse_a_bad_config_in_one_line_before_anything_starts(command
     )
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("method='lfw'", "run config key 'method': unknown method 'lfw'"),
+        ("dataset='cifar10'", "run config key 'dataset': unknown dataset 'cifar10'"),
+        ("eval-group='rot45'", "run config key 'eval-group': unknown group 'rot45'"),
+    ],
+)
+def test_commands_refuse_an_unknown_name_in_one_line(command, pair, message, capsys):
+    assert main([command, "-c", pair]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"multifcl {command}: {message} (choose from ")
+    assert err.count("\n") == 1
+
+
 def test_check_config_reads_preset_files_and_pairs_in_order(tmp_path, capsys):
     preset = tmp_path / "preset.toml"
     preset.write_text("method = 'finetune'\nnum-tasks = 3\n")
