@@ -90,6 +90,11 @@ class Method(ABC):
     def classifier(self, state: State) -> nn.Module:
         """A module mapping preprocessed pixels to logits over all classes of the stream."""
 
+    def end_task(self, state: State, task: Task) -> State:
+        """The global state to carry past the end of `task` (its last round merged); the
+        server evaluates and checkpoints this. Default: `state` unchanged."""
+        return state
+
     def export(self, state: State, folder: Path) -> list[Path]:
         """Write what a user may reuse outside this tool (adapters); nothing by default."""
         return []
