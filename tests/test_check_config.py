@@ -67,3 +67,13 @@ def test_check_config_reads_preset_files_and_pairs_in_order(tmp_path, capsys):
     assert capsys.readouterr().out == "ok: finetune on digits with vit-tiny, 4 tasks x 2 rounds\n"
     assert main(["check-config", "-c", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml' cannot be read" in capsys.readouterr().err
+
+
+def test_the_server_app_refuses_an_unknown_name_before_its_task_loop():
+    from types import SimpleNamespace
+
+    from server.server_app import main as server_main
+
+    context = SimpleNamespace(run_config={"method": "lfw"})
+    with pytest.raises(ConfigError, match="^run config key 'method': unknown method 'lfw'"):
+        server_main(None, context)  # the grid is never touched
