@@ -143,7 +143,7 @@ def main() -> None:
         broadcast = parameter_count(state)
         current = task(index)
         update = method.train_client(state, one_image_per_class(current), current, seed=index)
-        state = method.merge(state, [update])
+        state = method.end_task(method.merge(state, [update]), current)
         print(
             f"| {index + 1} | {parameter_count(update.arrays):,} | "
             f"{parameter_count(update.arrays, ADAPTER_PREFIX):,} | {broadcast:,} |",

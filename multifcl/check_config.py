@@ -16,6 +16,7 @@ from pathlib import Path
 
 from multifcl.compare import APP_DIR, RunConfig, app_defaults, parse_key_values, read_preset
 from multifcl.config import ExperimentConfig
+from multifcl.config_names import check_names
 
 SUMMARY = "validate run-config overrides (files or key=value pairs) against the app's keys"
 
@@ -30,7 +31,7 @@ def check(overrides: list[str], app_dir: Path = APP_DIR) -> ExperimentConfig:
     values = app_defaults(app_dir)
     for text in overrides:
         values.update(read_overrides(text))
-    return ExperimentConfig.from_run_config(values)
+    return check_names(ExperimentConfig.from_run_config(values))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

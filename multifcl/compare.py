@@ -30,6 +30,7 @@ from typing import Self
 
 from multifcl.cli import CommandError
 from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.config_names import check_names
 from multifcl.interrupts import signals_held, sigterm_as_interrupt
 from multifcl.metrics.accuracy_history import FORMULAS
 from multifcl.reporting import figures
@@ -130,7 +131,7 @@ def plan_comparison(
             run_dir = out / "runs" / f"{label}-seed{seed}"
             values = {**pairs, **shared, "seed": seed, "output-dir": str(run_dir)}
             try:
-                config = ExperimentConfig.from_run_config({**defaults, **values})
+                config = check_names(ExperimentConfig.from_run_config({**defaults, **values}))
             except ConfigError as error:
                 raise CommandError(f"{label}: {error}") from None
             if config.expected_clients not in (0, clients):

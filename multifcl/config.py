@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +126,8 @@ class ExperimentConfig:
     eval_group: str = "flip-rot90"  # the transforms equizero tries: flip, rot90, flip-rot90
 
     def __post_init__(self) -> None:
-        from multifcl.analysis.equizero import TRANSFORM_GROUPS  # registries: valid names
-        from multifcl.data.sources import SOURCES
-        from multifcl.methods import METHODS
-
-        _check_choice("method", self.method, tuple(METHODS))
-        _check_choice("dataset", self.dataset, tuple(SOURCES))
+        # method, dataset and eval-group are names the registries check where they resolve
+        # them (multifcl.config_names.check_names asks all three at once)
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("adapter", self.adapter, ADAPTERS)
@@ -157,7 +153,6 @@ class ExperimentConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("transmit-dtype", self.transmit_dtype, TRANSMIT_DTYPES)
         _check_choice("eval-canonicalize", self.eval_canonicalize, EVAL_CANONICALIZATIONS)
-        _check_choice("eval-group", self.eval_group, tuple(TRANSFORM_GROUPS))
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
@@ -299,9 +294,14 @@ def _attribute(key: str) -> str:
 
 def _nearest_key(key: str) -> str:
     """` (did you mean 'x'?)` for the closest known key, or nothing when none is close."""
-    known = [name.replace("_", "-") for name in FIELD_TYPES]
-    close = difflib.get_close_matches(key.replace("_", "-"), known, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = _nearest(key.replace("_", "-"), [name.replace("_", "-") for name in FIELD_TYPES])
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def _nearest(name: str, known: Collection[str]) -> str | None:
+    """The known name closest to `name`, or None when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def _convert(key: str, value: Any, type_name: str) -> Any:
@@ -342,10 +342,19 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"run config key '{key}': unknown value {value!r} (choose from {', '.join(choices)})"
-        )
+    check_name(f"run config key '{key}'", "value", value, choices)
+
+
+def check_name(where: str, kind: str, name: str, names: Collection[str]) -> None:
+    """Refuse a `name` that `names` (the choices, or a registry's keys) lacks, in one line:
+    `where` it was given ("run config key 'method'", "--group"), the known names and the
+    nearest of them, for example `run config key 'method': unknown method 'multifl'
+    (choose from prototypes, ..., lwf; did you mean 'multifcl'?)`."""
+    if name in names:
+        return
+    close = _nearest(name, names)
+    hint = f"; did you mean {close!r}?" if close else ""
+    raise ConfigError(f"{where}: unknown {kind} {name!r} (choose from {', '.join(names)}{hint})")
 
 
 def _check_positive(key: str, value: float) -> None:

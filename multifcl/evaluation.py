@@ -24,9 +24,9 @@ from typing import Self
 
 import torch
 
-from multifcl.analysis.equizero import equizero_accuracies
 from multifcl.backbones.host_transfer import to_device
 from multifcl.data import FederatedStream, InMemoryImages, Task
+from multifcl.equizero import equizero_accuracies
 from multifcl.features import FeatureCache, FeatureKey, feature_cache_for
 from multifcl.methods import Method, State
 from multifcl.methods.base import batches

@@ -9,6 +9,7 @@ from functools import lru_cache
 from multifcl.backbones import Backbone, load_backbone
 from multifcl.compute_threads import use_threads
 from multifcl.config import ExperimentConfig
+from multifcl.config_names import check_names
 from multifcl.data import FederatedStream, load_splits
 from multifcl.data.sources import check_data_present
 from multifcl.methods import Method, build_method
@@ -25,6 +26,7 @@ class Experiment:
 @lru_cache(maxsize=2)
 def load_experiment(config: ExperimentConfig) -> Experiment:
     """Build (or reuse, within this process) the experiment for `config`."""
+    check_names(config)  # a bad method, dataset or eval-group is named before any loading
     use_threads(config.torch_threads)
     check_data_present(config)  # a missing data set is named before a large model loads
     backbone = load_backbone(config.backbone, config.device, config.image_size, config.precision)

@@ -100,6 +100,7 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
                 rounds_logged=round_log.rows,
             )
             checkpoint.save(run_dir.path)
+        state = experiment.method.end_task(state, task)  # checkpointed below, with the scores
         stage = evaluate_seen_tasks(experiment.method, state, experiment.data, task)
         accuracy = checkpoint.accuracy.appended(stage)
         metrics = run_dir.write_metrics(accuracy, stream.num_tasks)

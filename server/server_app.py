@@ -24,6 +24,9 @@ route_library_logs_to_flower()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = ExperimentConfig.from_run_config(context.run_config)
+    from multifcl.config_names import check_names  # imports the registries
+
+    check_names(config)
     from server.continual_loop import run_continual_learning
     from server.ray_actor_pool import replace_dead_actors
 

@@ -271,3 +271,21 @@ def test_block_features_follow_the_trained_parts(tiny_config):
     expert_inputs = multifcl.expert_features(pixels)
     assert torch.allclose(adapted[-1], expert_inputs[-1])
     assert not torch.allclose(adapted[0], frozen[0])
+
+
+def test_a_method_without_analysis_hooks_is_read_through_the_frozen_backbone(tiny_config):
+    from multifcl.analysis.inspectable import (
+        HasBlockFeatures,
+        block_features,
+        final_etf_head,
+        final_prototypes,
+    )
+    from multifcl.experiment import load_experiment
+
+    method = load_experiment(tiny_config(method="prototypes")).method
+    assert not isinstance(method, HasBlockFeatures)
+    pixels = torch.rand(3, 3, 32, 32) * 2 - 1
+    state = method.initial_state()
+    frozen = method.backbone.taps(pixels, range(method.backbone.num_taps))
+    assert all(torch.equal(a, b) for a, b in zip(block_features(method, state, pixels), frozen))
+    assert final_prototypes(method, state) is None and final_etf_head(method, state) is None

@@ -44,6 +44,22 @@ def test_commands_refuse_a_bad_config_in_one_line_before_anything_starts(command
     )
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("method='lfw'", "run config key 'method': unknown method 'lfw'"),
+        ("dataset='cifar10'", "run config key 'dataset': unknown dataset 'cifar10'"),
+        ("eval-group='rot45'", "run config key 'eval-group': unknown group 'rot45'"),
+    ],
+)
+def test_commands_refuse_an_unknown_name_in_one_line(command, pair, message, capsys):
+    assert main([command, "-c", pair]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"multifcl {command}: {message} (choose from ")
+    assert err.count("\n") == 1
+
+
 def test_check_config_reads_preset_files_and_pairs_in_order(tmp_path, capsys):
     preset = tmp_path / "preset.toml"
     preset.write_text("method = 'finetune'\nnum-tasks = 3\n")
@@ -51,3 +67,13 @@ def test_check_config_reads_preset_files_and_pairs_in_order(tmp_path, capsys):
     assert capsys.readouterr().out == "ok: finetune on digits with vit-tiny, 4 tasks x 2 rounds\n"
     assert main(["check-config", "-c", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml' cannot be read" in capsys.readouterr().err
+
+
+def test_the_server_app_refuses_an_unknown_name_before_its_task_loop():
+    from types import SimpleNamespace
+
+    from server.server_app import main as server_main
+
+    context = SimpleNamespace(run_config={"method": "lfw"})
+    with pytest.raises(ConfigError, match="^run config key 'method': unknown method 'lfw'"):
+        server_main(None, context)  # the grid is never touched

@@ -135,6 +135,8 @@ def test_overrides_reach_flwr_exactly(tmp_path):
         (["prototypes"], [0], "lr=abc", "", "--overrides: 'lr=abc' is not key=value pairs"),
         (["prototypes"], [0], "beta=-1.0", "", "prototypes: run config key 'beta': must be > 0"),
         (["prototypes"], [0], "colour=1", "", "run config key 'colour': unknown key"),
+        (["lwf"], [0], "dataset='cifar10'", "", "lwf: run config key 'dataset': unknown dataset"),
+        (["lwf"], [0], "eval-group='d4'", "", "lwf: run config key 'eval-group': unknown group"),
         (["prototypes"], [0], "", "num-supernodes=0", "num-supernodes must be an integer >= 1"),
         (["prototypes", "prototypes"], [0], "", "", "two rows have the same label"),
         (

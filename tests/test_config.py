@@ -1,10 +1,16 @@
 """The run config: defaults, conversion from Flower's flat values, and one-line errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.config_names import check_names
+from multifcl.data.sources import data_source
+from multifcl.equizero import group_transforms
+from multifcl.methods import method_class
 
 
 def one_line_error(error_type, build):
@@ -64,8 +70,6 @@ def test_pyproject_defaults_parse():
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("method", "sgd-magic", "'method': unknown value 'sgd-magic'"),
-        ("dataset", "mnist-x", "'dataset': unknown value 'mnist-x'"),
         ("partition", "random", "'partition': unknown value 'random'"),
         ("device", "tpu", "'device': unknown value 'tpu'"),
         ("beta", 0.0, "'beta': must be > 0, got 0.0"),
@@ -79,6 +83,49 @@ def test_pyproject_defaults_parse():
 def test_bad_values_name_the_key(key, value, expected):
     message = one_line_error(ConfigError, lambda: ExperimentConfig.from_run_config({key: value}))
     assert expected in message
+
+
+def test_the_config_imports_nothing_of_the_library_built_on_it():
+    code = (
+        "import sys; from multifcl.config import ExperimentConfig; "
+        "ExperimentConfig.from_run_config({'method': 'lwf', 'eval-group': 'flip'}); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('multifcl'))))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.split() == ["multifcl", "multifcl.config", "multifcl.errors"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "resolve", "expected"),
+    [
+        (
+            "method",
+            "multifl",
+            method_class,
+            (
+                "run config key 'method': unknown method 'multifl' (choose from prototypes, "
+                "finetune, multifcl, pilora, lwf; did you mean 'multifcl'?)"
+            ),
+        ),
+        ("dataset", "mnist-x", data_source, "run config key 'dataset': unknown dataset 'mnist-x'"),
+        (
+            "eval-group",
+            "rot45",
+            group_transforms,
+            (
+                "run config key 'eval-group': unknown group 'rot45' (choose from flip, rot90, "
+                "flip-rot90)"
+            ),
+        ),
+    ],
+)
+def test_unknown_names_are_refused_where_they_are_resolved(key, value, resolve, expected):
+    config = ExperimentConfig.from_run_config({key: value})  # the config holds names only
+    assert one_line_error(ConfigError, lambda: check_names(config)).startswith(expected)
+    assert one_line_error(ConfigError, lambda: resolve(value)).startswith(expected)
 
 
 def test_imagefolder_needs_a_data_root():

@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
+from multifcl.config_names import check_names
 
 KEYS = [name.replace("_", "-") for name in FIELD_TYPES]
 VALUES = st.one_of(
@@ -28,7 +29,7 @@ RUN_CONFIGS = st.dictionaries(
 @example({"\n": False})
 def test_any_run_config_is_accepted_or_refused_in_one_line(run_config):
     try:
-        config = ExperimentConfig.from_run_config(run_config)
+        config = check_names(ExperimentConfig.from_run_config(run_config))
     except ConfigError as error:
         message = str(error)
         assert "\n" not in message and message.startswith("run config key ")

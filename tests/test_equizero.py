@@ -9,15 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from multifcl.analysis.equizero import (
+from multifcl.analysis.robustness import TEST_TRANSFORMS, robustness_table
+from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.config_names import check_names
+from multifcl.data import InMemoryImages
+from multifcl.equizero import (
     EquizeroClassifier,
     class_incremental_accuracy,
     group_transforms,
     rotation,
 )
-from multifcl.analysis.robustness import TEST_TRANSFORMS, robustness_table
-from multifcl.config import ConfigError, ExperimentConfig
-from multifcl.data import InMemoryImages
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import load_experiment
 from multifcl.metrics import AccuracyHistory
@@ -87,13 +88,14 @@ def test_equizero_confidence_ignores_classes_not_seen_yet():
 
 
 def test_unknown_group_is_one_line_naming_the_key():
+    config = ExperimentConfig.from_run_config({"eval-group": "rot45"})
     with pytest.raises(ConfigError) as error:
-        ExperimentConfig.from_run_config({"eval-group": "rot45"})
-    assert str(error.value).startswith("run config key 'eval-group': unknown value 'rot45'")
+        check_names(config)
+    assert str(error.value).startswith("run config key 'eval-group': unknown group 'rot45'")
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="eval-canonicalize"):
         ExperimentConfig.from_run_config({"eval-canonicalize": "learned"})
-    with pytest.raises(ValueError, match="^eval-group: unknown group 'rot45'"):
+    with pytest.raises(ConfigError, match="^run config key 'eval-group': unknown group 'rot45'"):
         EquizeroClassifier(nn.Identity(), "rot45")
 
 

@@ -273,7 +273,7 @@ def genuine_rounds(config, tasks=2):
     for task in list(data.stream)[:tasks]:
         update = method.train_client(state, data.client_train_set(task, 0, 2), task, task.index)
         rounds.append((state, update, task))
-        state = method.merge(state, [update])
+        state = method.end_task(method.merge(state, [update]), task)
     return method, rounds
 
 
@@ -308,7 +308,7 @@ def test_no_genuine_update_is_an_outlier(name, tiny_config):
             for client in range(3)
         }
         assert outlier_updates(state, updates, task, method) == {}
-        state = method.merge(state, list(updates.values()))
+        state = method.end_task(method.merge(state, list(updates.values())), task)
 
 
 def test_declared_multifcl_layout_rejects_partial_and_misshapen_uploads(tiny_config):

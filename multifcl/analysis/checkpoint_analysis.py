@@ -15,6 +15,7 @@ import torch
 
 from multifcl.analysis.cka import linear_cka
 from multifcl.analysis.finished_run import AnalysisError, FinishedRun, load_state
+from multifcl.analysis.inspectable import final_etf_head, final_prototypes
 from multifcl.analysis.neural_collapse import (
     class_means,
     etf_gram_deviation,
@@ -110,7 +111,7 @@ def analyze_checkpoints(
         drift.append([linear_cka(a, b) for a, b in zip(reference, probe)])
         final = np.concatenate([per_block[-1] for per_block in blocks])
         labels = np.concatenate([s.labels for s in shown])
-        prototypes = method.final_prototypes(state)
+        prototypes = final_prototypes(method, state)
         if prototypes is None:
             prototype_source = TRAIN_CLASS_MEANS.format(n=samples_per_task)
             prototypes = _train_class_means(experiment, state, task, samples_per_task, seed)
@@ -118,7 +119,7 @@ def analyze_checkpoints(
         redundancy.append(
             diffused_redundancy(final, labels, prototypes[:classes], draws=draws, seed=seed)
         )
-        collapse.append(_collapse(method.final_etf_head(state), final, labels, index + 1))
+        collapse.append(_collapse(final_etf_head(method, state), final, labels, index + 1))
     client_cka = {
         snapshot.stem: _client_drift(experiment, load_state(snapshot, expected), probe, subsets[0])
         for snapshot in run.client_snapshots

@@ -15,10 +15,10 @@ from multifcl.analysis.checkpoint_analysis import (
     analyze_checkpoints,
     evaluation_subsets,
 )
-from multifcl.analysis.equizero import TRANSFORM_GROUPS, group_transforms
 from multifcl.analysis.finished_run import AnalysisError, FinishedRun, load_state
 from multifcl.analysis.report import AnalysisReport, write_report
 from multifcl.analysis.robustness import robustness_table
+from multifcl.equizero import TRANSFORM_GROUPS, group_transforms
 
 SUMMARY = "CKA drift, diffused redundancy, neural collapse and equizero robustness of a run"
 DEFAULT_DRAWS = 5

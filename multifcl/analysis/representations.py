@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from multifcl.analysis.inspectable import block_features
 from multifcl.data import InMemoryImages
 from multifcl.methods import Method, State
 from multifcl.methods.base import batches
@@ -26,5 +27,5 @@ def block_representations(
     parts: list[list[torch.Tensor]] = []
     for images, _ in batches(data, batch_size):
         pixels = method.backbone.preprocess(images)
-        parts.append([f.float().cpu() for f in method.block_features(state, pixels)])
+        parts.append([f.float().cpu() for f in block_features(method, state, pixels)])
     return [torch.cat([part[b] for part in parts]).double().numpy() for b in range(len(parts[0]))]

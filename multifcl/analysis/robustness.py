@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from multifcl.analysis.equizero import (
+from multifcl.data import InMemoryImages
+from multifcl.equizero import (
     ROTATIONS,
     TRANSFORM_GROUPS,
     PixelTransform,
@@ -21,7 +22,6 @@ from multifcl.analysis.equizero import (
     most_confident,
     vertical_flip,
 )
-from multifcl.data import InMemoryImages
 from multifcl.methods import Method, State
 
 DIHEDRAL = TRANSFORM_GROUPS["flip-rot90"]

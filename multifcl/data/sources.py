@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multifcl.config import ExperimentConfig
+from multifcl.config import ExperimentConfig, check_name
 from multifcl.data.cifar100 import load_cifar100_splits
 from multifcl.data.cub200 import CUB200, load_cub200_splits
 from multifcl.data.imagenet_r import IMAGENET_R, load_imagenet_r_splits
@@ -33,13 +33,22 @@ DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0  # part of the data set's definition, not of the experiment
 SYNTHETIC_CLASSES, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_SIZE = 10, 48, 16, 16
 
-__all__ = ["IMAGE_SUFFIXES", "SOURCES", "DatasetSplits", "load_splits"]
+__all__ = ["IMAGE_SUFFIXES", "SOURCES", "DatasetSplits", "data_source", "load_splits"]
+
+Source = Callable[[ExperimentConfig, int], DatasetSplits]
 
 
 def load_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
     """Load the configured data set at the backbone's input size `image_size` (image folders
     of mixed sizes and the photo benchmarks ImageNet-R and CUB-200 are fitted to it)."""
-    return SOURCES[config.dataset](config, image_size)
+    return data_source(config.dataset)(config, image_size)
+
+
+def data_source(name: str) -> Source:
+    """The loader of the data set called `name`; a one-line ConfigError naming the key
+    otherwise."""
+    check_name("run config key 'dataset'", "dataset", name, SOURCES)
+    return SOURCES[name]
 
 
 def load_digits_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
@@ -121,7 +130,7 @@ def check_data_present(config: ExperimentConfig) -> None:
         archive.locate(config.data_root)
 
 
-SOURCES: dict[str, Callable[[ExperimentConfig, int], DatasetSplits]] = {
+SOURCES: dict[str, Source] = {
     "digits": load_digits_splits,
     "synthetic": load_synthetic_splits,
     "imagefolder": load_imagefolder_splits,

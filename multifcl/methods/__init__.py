@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from multifcl.backbones import Backbone
-from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.config import ExperimentConfig, check_name
 from multifcl.methods.base import ClientUpdate, Method, State
 from multifcl.methods.finetune import FinetuneMethod
 from multifcl.methods.lwf import LwFMethod
@@ -16,11 +16,15 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+def method_class(name: str) -> type[Method]:
+    """The method called `name`; a one-line ConfigError naming the key otherwise."""
+    check_name("run config key 'method'", "method", name, METHODS)
+    return METHODS[name]
+
+
 def build_method(config: ExperimentConfig, backbone: Backbone, class_names: list[str]) -> Method:
     """The configured method over `backbone`, for a stream with `class_names` (stream order)."""
-    if config.method not in METHODS:
-        raise ConfigError(f"run config key 'method': unknown method {config.method!r}")
-    return METHODS[config.method](config, backbone, class_names)
+    return method_class(config.method)(config, backbone, class_names)
 
 
-__all__ = ["METHODS", "ClientUpdate", "Method", "State", "build_method"]
+__all__ = ["METHODS", "ClientUpdate", "Method", "State", "build_method", "method_class"]

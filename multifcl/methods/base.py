@@ -18,7 +18,6 @@ from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
 from multifcl.features import FeatureSplit
-from multifcl.heads.etf import ETFHead
 
 State = dict[str, np.ndarray]
 
@@ -90,6 +89,11 @@ class Method(ABC):
     def classifier(self, state: State) -> nn.Module:
         """A module mapping preprocessed pixels to logits over all classes of the stream."""
 
+    def end_task(self, state: State, task: Task) -> State:
+        """The global state to carry past the end of `task` (its last round merged); the
+        server evaluates and checkpoints this. Default: `state` unchanged."""
+        return state
+
     def export(self, state: State, folder: Path) -> list[Path]:
         """Write what a user may reuse outside this tool (adapters); nothing by default."""
         return []
@@ -108,21 +112,6 @@ class Method(ABC):
         """The classifier under `state` split after its frozen encoder, so evaluation can
         cache test features; None (the default) when something upstream of the head is
         trained, and evaluation runs `classifier` on pixels."""
-        return None
-
-    # --- analysis hooks (multifcl.analysis): what the trained parts make of an input -------
-    def block_features(self, state: State, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Pooled features after every tap block of the encoder under `state`; the last is
-        the feature the classifier reads. Default: the frozen backbone's taps."""
-        return self.backbone.taps(pixels, range(self.backbone.num_taps))
-
-    def final_prototypes(self, state: State) -> torch.Tensor | None:
-        """(classes x d) prototypes the final classifier compares the final feature with by
-        cosine, if it has them (None: the analysis uses class means instead)."""
-        return None
-
-    def final_etf_head(self, state: State) -> ETFHead | None:
-        """The fixed simplex ETF head the final feature is read by, for ETF-head runs."""
         return None
 
 

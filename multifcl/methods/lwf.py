@@ -12,29 +12,22 @@ efficientnet-lite0, 5 tasks, 100 images per class: Last 39.3 with "task" against
 "seen"). With `head = "etf"` the loss is fine-tuning's `etf-loss` towards the fixed vertices.
 
 Clients keep nothing between rounds (Ray actors are shared, runs resume from the global
-state), so the teacher travels in the global state under `teacher/`, with `teacher-task`,
-the task it teaches in. In the first round of a new task a client sees an outdated
-`teacher-task`: the model it receives is then the previous task's final model, which it uses
-as the teacher, and it reports the new task in its `teacher-task` upload; the server then
-copies the pre-round model into `teacher/`. This doubles the bytes sent to clients, not
-the bytes they upload (only the model and the one-integer task are uploaded).
+state), so the teacher travels in the global state under `teacher/`: at the end of each
+task (`end_task`) the server copies the global model there. This doubles the bytes sent to
+clients, not the bytes they upload (only the model is uploaded).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from multifcl.data import InMemoryImages, Task
 from multifcl.losses.distillation import distillation_loss
-from multifcl.methods.base import ClientUpdate, State, UpdateLayout
+from multifcl.methods.base import ClientUpdate, State
 from multifcl.methods.finetune import FinetuneMethod, TrainableTop
 
 TEACHER_PREFIX = "teacher/"
-TEACHER_TASK = "teacher-task"
 
 
 class LwFMethod(FinetuneMethod):
@@ -49,20 +42,23 @@ class LwFMethod(FinetuneMethod):
     # --- state ---------------------------------------------------------------------------
     def initial_state(self) -> State:
         model = super().initial_state()
-        teacher = {TEACHER_PREFIX + key: value.copy() for key, value in model.items()}
-        return {**model, **teacher, TEACHER_TASK: np.zeros(1, np.int64)}
+        return {**model, **_as_teacher(model)}
+
+    def end_task(self, state: State, task: Task) -> State:
+        """The task's final model becomes the next task's teacher."""
+        return {**state, **_as_teacher(_model_part(state))}
 
     def _load(self, state: State) -> None:
         super()._load(_model_part(state))
 
-    def _load_teacher(self, state: State, task: Task) -> None:
-        """The previous task's final model: `teacher/` once the server has stored it, the
-        received model itself in the first round of the task."""
-        model = _model_part(state)
-        if int(state[TEACHER_TASK][0]) == task.index:
-            model = {key: state[TEACHER_PREFIX + key] for key in model}
+    def _load_teacher(self, state: State) -> None:
+        """The previous task's final model, stored in `teacher/` at that task's end."""
         device = self.backbone.device
-        weights = {key: torch.from_numpy(value).to(device) for key, value in model.items()}
+        weights = {
+            key.removeprefix(TEACHER_PREFIX): torch.from_numpy(value).to(device)
+            for key, value in state.items()
+            if key.startswith(TEACHER_PREFIX)
+        }
         self.teacher.load_state_dict(weights, strict=False)
 
     # --- client --------------------------------------------------------------------------
@@ -71,10 +67,8 @@ class LwFMethod(FinetuneMethod):
     ) -> ClientUpdate:
         self._old_classes = task.classes.start
         if self._old_classes:
-            self._load_teacher(state, task)
-        update = super().train_client(state, data, task, seed)
-        update.arrays[TEACHER_TASK] = np.array([task.index], np.int64)
-        return update
+            self._load_teacher(state)
+        return super().train_client(state, data, task, seed)
 
     def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, seen: int) -> torch.Tensor:
         old = self._old_classes
@@ -95,35 +89,17 @@ class LwFMethod(FinetuneMethod):
         return task_loss + self.config.lwf_lambda * distillation
 
     # --- server --------------------------------------------------------------------------
-    def update_layout(self, state: State, task: Task) -> UpdateLayout:
-        """Fine-tuning's weights and the task the client trained in (never the teacher)."""
-        return UpdateLayout(dense=super().update_layout(state, task).dense | {TEACHER_TASK})
-
-    def update_value_problem(self, state: State, update: ClientUpdate, task: Task) -> str | None:
-        """A client trains in the task the server sent it, and reports exactly that one."""
-        reported = int(update.arrays[TEACHER_TASK][0])
-        if reported != task.index:
-            return f"'{TEACHER_TASK}' is {reported}, but this round belongs to task {task.index}"
-        return None
-
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
-        """FedAvg of the model; the pre-round model becomes the teacher when a task starts."""
-        task = max(int(update.arrays[TEACHER_TASK][0]) for update in updates)
-        model_updates = [
-            dataclasses.replace(update, arrays=_model_part(update.arrays)) for update in updates
-        ]
-        merged = super().merge(state, model_updates)
-        if task != int(state[TEACHER_TASK][0]):
-            teacher = {TEACHER_PREFIX + key: value for key, value in _model_part(state).items()}
-        else:
-            teacher = {key: value for key, value in state.items() if key.startswith(TEACHER_PREFIX)}
-        return {**merged, **teacher, TEACHER_TASK: np.array([task], np.int64)}
+        """FedAvg of the model; the teacher is kept."""
+        teacher = {key: value for key, value in state.items() if key.startswith(TEACHER_PREFIX)}
+        return {**super().merge(state, updates), **teacher}
 
 
 def _model_part(arrays: State) -> State:
-    """The student model's arrays: everything but the teacher and its task."""
-    return {
-        key: value
-        for key, value in arrays.items()
-        if key != TEACHER_TASK and not key.startswith(TEACHER_PREFIX)
-    }
+    """The student model's arrays: everything but the teacher."""
+    return {key: value for key, value in arrays.items() if not key.startswith(TEACHER_PREFIX)}
+
+
+def _as_teacher(model: State) -> State:
+    """A copy of `model`'s arrays under `teacher/`."""
+    return {TEACHER_PREFIX + key: value.copy() for key, value in model.items()}

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from multifcl.config import check_name
+
 if TYPE_CHECKING:
     from multifcl.data import InMemoryImages
 
@@ -53,12 +55,11 @@ TRANSFORM_GROUPS: dict[str, dict[str, PixelTransform]] = {
 }
 
 
-def group_transforms(group: str, option: str = "eval-group") -> dict[str, PixelTransform]:
-    """The named transforms of `group`; a one-line ValueError naming `option` otherwise."""
-    if group not in TRANSFORM_GROUPS:
-        raise ValueError(
-            f"{option}: unknown group {group!r} (choose from {', '.join(TRANSFORM_GROUPS)})"
-        )
+def group_transforms(
+    group: str, where: str = "run config key 'eval-group'"
+) -> dict[str, PixelTransform]:
+    """The named transforms of `group`; a one-line ConfigError saying `where` otherwise."""
+    check_name(where, "group", group, TRANSFORM_GROUPS)
     return TRANSFORM_GROUPS[group]
 
 
