@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from clients.client_app import train
 from multifcl.analysis.checkpoint_analysis import DEFAULT_SAMPLES_PER_TASK
 from multifcl.analysis.cka import column_subset_cka, linear_cka
 from multifcl.analysis.command import analyze_run
@@ -24,8 +23,7 @@ from multifcl.analysis.redundancy import diffused_redundancy
 from multifcl.cli import main
 from multifcl.experiment import load_experiment
 from multifcl.heads.etf import simplex_etf
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 RNG = np.random.default_rng(0)
 
@@ -172,9 +170,7 @@ def test_the_last_round_keeps_each_clients_model_and_fedavg_of_them_is_the_final
 ):
     config = tiny_config(save_task_checkpoints=True, rounds_per_task=2, method="finetune")
     experiment = load_experiment(config)
-    run_continual_learning(
-        InProcessGrid(train, config.to_run_config(), num_nodes=2), config, config.output_dir
-    )
+    run_in_process(config)
     snapshots = sorted((config.output_dir / "client-snapshots").glob("*.npz"))
     assert [p.name for p in snapshots] == ["client-1000.npz", "client-1001.npz"]
     clients = [dict(np.load(p)) for p in snapshots]
@@ -190,8 +186,7 @@ def test_the_last_round_keeps_each_clients_model_and_fedavg_of_them_is_the_final
 
 def finished_run(tiny_config, **changes):
     config = tiny_config(**{"save_task_checkpoints": True, "rounds_per_task": 1, **changes})
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    run_continual_learning(grid, config, base_dir=config.output_dir)
+    run_in_process(config)
     return config.output_dir
 
 

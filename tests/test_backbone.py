@@ -8,6 +8,7 @@ from multifcl.backbones import load_backbone
 from multifcl.backbones.presets import build_vit_tiny
 from multifcl.backbones.vision_transformer import TransformerBackbone
 from multifcl.config import ConfigError
+from tests.conftest import random_images
 from tests.test_config import one_line_error
 
 TINY = {
@@ -20,17 +21,13 @@ TINY = {
 }
 
 
-def images(n=3, size=20):
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
-
-
 def test_vit_saved_with_save_pretrained_loads_through_from_pretrained(tmp_path):
     torch.manual_seed(0)
     original = ViTModel(ViTConfig(**TINY), add_pooling_layer=False)
     original.save_pretrained(tmp_path / "tiny-vit")
     backbone = load_backbone(str(tmp_path / "tiny-vit"))
     assert (backbone.num_blocks, backbone.feature_dim, backbone.image_size) == (3, 32, 32)
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     expected = original(pixel_values=pixels).last_hidden_state[:, 0]
     assert torch.allclose(backbone(pixels), expected, atol=1e-5)
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -41,7 +38,7 @@ def test_clip_vision_tower_loads_with_clip_normalisation(tmp_path):
     original = CLIPVisionModel(CLIPVisionConfig(**TINY))
     original.save_pretrained(tmp_path / "tiny-clip")
     backbone = load_backbone(str(tmp_path / "tiny-clip"))
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     assert torch.allclose(backbone(pixels), original(pixel_values=pixels).pooler_output, atol=1e-5)
     assert backbone.mean.flatten()[0].item() == pytest.approx(0.48145466)
 
@@ -49,7 +46,7 @@ def test_clip_vision_tower_loads_with_clip_normalisation(tmp_path):
 def test_taps_are_the_cls_tokens_of_each_block_and_the_last_is_the_final_feature():
     backbone = TransformerBackbone(build_vit_tiny(), "vit-tiny")
     assert (backbone.num_taps, backbone.tap_dims) == (4, [64] * 4)
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     hidden = backbone.model(pixel_values=pixels, output_hidden_states=True).hidden_states
     taps = backbone.taps(pixels, [0, 2, 3])
     for block, feature in zip([0, 2], taps):
@@ -93,6 +90,6 @@ def test_full_clip_checkpoint_loads_its_image_tower(tmp_path):
     full = CLIPModel(CLIPConfig(text_config=text, vision_config=TINY, projection_dim=8))
     full.save_pretrained(tmp_path / "tiny-clip-full")
     backbone = load_backbone(str(tmp_path / "tiny-clip-full"))
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     expected = full.vision_model(pixel_values=pixels).pooler_output
     assert backbone.num_blocks == 3 and torch.allclose(backbone(pixels), expected, atol=1e-5)

@@ -12,14 +12,11 @@ from multifcl.backbones import load_backbone
 from multifcl.backbones.efficientnet import load_efficientnet_lite0
 from multifcl.backbones.feature_check import class_mean_prototype_accuracy
 from multifcl.config import ConfigError
+from tests.conftest import random_images
 from tests.test_config import one_line_error
 
 CIFAR10_JPG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpg"
 TRAIN_PER_CLASS, TEST_PER_CLASS = 200, 100
-
-
-def images(n=4, size=32):
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
 
 
 def test_taps_end_each_output_stride_and_the_last_is_the_final_feature():
@@ -28,7 +25,7 @@ def test_taps_end_each_output_stride_and_the_last_is_the_final_feature():
     assert backbone.tap_blocks == [2, 4, 10, 15]
     assert backbone.tap_dims == [24, 40, 112, 1280]
     assert not backbone.token_features
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images(4, 32))
     taps = backbone.taps(pixels, [0, 1, 2, 3])
     for tap, block in enumerate([2, 4, 10]):
         hidden = backbone.hidden_before(pixels, block + 1)
@@ -47,7 +44,7 @@ def test_frozen_weights_and_batch_norm_statistics_stay_bit_identical_under_train
     optimizer = torch.optim.SGD(
         [*head.parameters(), *backbone.parameters()], lr=0.5, momentum=0.9, weight_decay=0.1
     )
-    pixels, labels = backbone.preprocess(images(6)), torch.tensor([0, 1, 2, 0, 1, 2])
+    pixels, labels = backbone.preprocess(random_images(6, 32)), torch.tensor([0, 1, 2, 0, 1, 2])
     for _ in range(3):
         optimizer.zero_grad()
         nn.functional.cross_entropy(head(backbone(pixels)), labels).backward()
@@ -63,7 +60,7 @@ def test_lora_wraps_the_pointwise_convolutions_and_starts_as_the_identity():
     adapted = peft.inject_adapter_in_model(config, copy.deepcopy(backbone))
     wrapped = [name for name, _ in adapted.named_modules() if name.endswith(".lora_A")]
     assert len(wrapped) == 31  # block 0 has no expand conv: 15 expand + 16 project
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images(4, 32))
     with torch.no_grad():
         assert torch.allclose(adapted(pixels), backbone(pixels), atol=1e-6)
 
@@ -81,7 +78,7 @@ def test_image_size_builds_the_same_padding_for_that_size():
     from efficientnet_lite_pytorch import EfficientNet
 
     backbone = load_backbone("efficientnet-lite0", image_size=128)
-    pixels = backbone.preprocess(images(2))
+    pixels = backbone.preprocess(random_images(2, 32))
     assert pixels.shape == (2, 3, 128, 128)
     # The package's dynamic 'same' padding works at any size: the reference.
     reference = EfficientNet.from_name("efficientnet-lite0", image_size=None).eval()

@@ -13,13 +13,10 @@ import torch
 from multifcl.backbones import load_backbone
 from multifcl.backbones.timm_models import load_timm_backbone
 from multifcl.config import ConfigError
+from tests.conftest import random_images
 from tests.test_config import one_line_error
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 64, "num_heads": 4}
-
-
-def images(n=3, size=20):
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
 
 
 def save_tiny_vit(folder, **changes):
@@ -40,7 +37,7 @@ def test_saved_vit_loads_and_its_final_feature_is_timms_pre_logits(tmp_path):
     )
     assert backbone.mean.flatten().tolist() == [0.5] * 3  # from the model's pretrained_cfg
     assert not any(p.requires_grad for p in backbone.parameters())
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     with torch.no_grad():
         expected = original.forward_head(original.forward_features(pixels), pre_logits=True)
         taps = backbone.taps(pixels, [0, 1, 2])
@@ -63,7 +60,7 @@ def test_saved_vit_loads_and_its_final_feature_is_timms_pre_logits(tmp_path):
 def test_other_vit_variants_match_timms_pre_logits(tmp_path, changes):
     original = save_tiny_vit(tmp_path / "vit", **changes)
     backbone = load_timm_backbone(str(tmp_path / "vit"), 0)
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     with torch.no_grad():
         expected = original.forward_head(original.forward_features(pixels), pre_logits=True)
         assert torch.allclose(backbone(pixels), expected, atol=1e-6)
@@ -75,7 +72,7 @@ def test_image_size_rebuilds_the_position_embedding(tmp_path):
     save_tiny_vit(tmp_path / "vit")
     backbone = load_timm_backbone(str(tmp_path / "vit"), 48)
     assert backbone.image_size == 48
-    assert backbone(backbone.preprocess(images())).shape == (3, 64)
+    assert backbone(backbone.preprocess(random_images())).shape == (3, 64)
 
 
 def test_lora_wraps_qkv_and_starts_as_the_identity(tmp_path):
@@ -85,7 +82,7 @@ def test_lora_wraps_qkv_and_starts_as_the_identity(tmp_path):
     config = peft.LoraConfig(r=4, target_modules=list(backbone.lora_targets))
     adapted = peft.inject_adapter_in_model(config, copy.deepcopy(backbone))
     assert sum(name.endswith("qkv.lora_A") for name, _ in adapted.named_modules()) == 3
-    pixels = backbone.preprocess(images())
+    pixels = backbone.preprocess(random_images())
     with torch.no_grad():
         assert torch.allclose(adapted(pixels), backbone(pixels), atol=1e-6)
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from clients.client_app import train
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.losses.distillation import distillation_loss
@@ -26,8 +25,7 @@ from multifcl.methods.pilora import (
 from multifcl.results.checkpoints import latest_checkpoint
 from multifcl.update_validation import RejectedUpdate, validate_update
 from protocol.messages import ARRAYS, CONFIG, record_to_state
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 from tests.test_config import one_line_error
 from tests.test_data_sources import make_image_folder
 
@@ -413,8 +411,7 @@ def _sent_states(grid):
 
 def test_pilora_three_tasks_in_process(tmp_path):
     config = _three_task_config(tmp_path, "pilora")
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    metrics = run_continual_learning(grid, config, base_dir=tmp_path)
+    metrics, grid = run_in_process(config, base_dir=tmp_path)
     matrix = metrics["accuracy_matrix"]
     assert [sum(a is not None for a in row) for row in matrix] == [1, 2, 3]
     sent = _sent_states(grid)
@@ -432,8 +429,7 @@ def test_pilora_three_tasks_in_process(tmp_path):
 
 def test_lwf_three_tasks_in_process_with_the_previous_task_as_teacher(tmp_path):
     config = _three_task_config(tmp_path, "lwf")
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    metrics = run_continual_learning(grid, config, base_dir=tmp_path)
+    metrics, grid = run_in_process(config, base_dir=tmp_path)
     assert [sum(a is not None for a in row) for row in metrics["accuracy_matrix"]] == [1, 2, 3]
     sent = _sent_states(grid)
     for task_start in (0, 2, 4):  # every round's teacher: the model at the task's start

@@ -18,12 +18,13 @@ from multifcl.errors import FederationRefused
 from multifcl.experiment import load_experiment
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
+from tests.conftest import in_process_grid, run_in_process
 from tests.test_data_sources import make_image_folder
 
 
 def grid_with(config: ExperimentConfig, node_configs: list[dict]) -> InProcessGrid:
     """An in-process grid of len(node_configs) nodes, each with the given node config."""
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=len(node_configs))
+    grid = in_process_grid(config, num_nodes=len(node_configs))
     for context, node_config in zip(grid.contexts.values(), node_configs):
         context.node_config.clear()
         context.node_config.update(node_config)
@@ -172,7 +173,7 @@ def test_a_node_whose_partition_changed_after_the_handshake_fails_its_rounds(tin
 
 def test_a_resumed_run_does_the_handshake_again(tiny_config, tmp_path):
     config = tiny_config(rounds_per_task=1)
-    run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
+    run_in_process(config, base_dir=tmp_path)
     resumed = ExperimentConfig(**{**vars(config), "resume_from": config.output_dir})
     grid = grid_with(resumed, nodes(0, 0))
     with pytest.raises(FederationRefused, match=re.escape("node 1001: partition-id=0 is already")):

@@ -13,11 +13,9 @@ import statistics
 import pytest
 from flwr.common.config import parse_config_args
 
-from clients.client_app import train
 from multifcl.cli import CommandError, main
 from multifcl.compare import parse_key_values, plan_comparison, run_comparison
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 TINY = "dataset='synthetic' num-tasks=2 rounds-per-task=1 partition='iid' batch-size=16"
 
@@ -27,8 +25,7 @@ def in_process(launched: list[str], num_nodes: int = 2):
 
     def launch(run) -> None:
         launched.append(run.name)
-        grid = InProcessGrid(train, run.config.to_run_config(), num_nodes=num_nodes)
-        run_continual_learning(grid, run.config, base_dir=run.run_dir.parent)
+        run_in_process(run.config, num_nodes, base_dir=run.run_dir.parent)
 
     return launch
 

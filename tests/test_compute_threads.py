@@ -9,11 +9,9 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from clients.client_app import train
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.experiment import load_experiment
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 
 @pytest.fixture
@@ -38,8 +36,7 @@ def test_the_same_config_gives_the_same_matrix_whatever_threads_the_process_had(
         torch.set_num_threads(ambient)
         load_experiment.cache_clear()  # a fresh process each time
         config = tiny_config(method="finetune", output_dir=tmp_path / f"threads-{ambient}")
-        grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-        run_continual_learning(grid, config, base_dir=tmp_path)
+        run_in_process(config, base_dir=tmp_path)
         saved = json.loads((config.output_dir / "metrics.json").read_text())
         assert json.loads((config.output_dir / "config.json").read_text())["torch-threads"] == 1
         matrices.append(saved["accuracy_matrix"])

@@ -23,6 +23,7 @@ from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import load_experiment
 from multifcl.metrics import AccuracyHistory
 from multifcl.results import RunDirectory
+from tests.conftest import run_in_process
 
 
 class UprightMarkerClassifier(nn.Module):
@@ -172,13 +173,9 @@ def test_robustness_table_matches_equizero_on_each_transformed_test_set(group):
 
 
 def test_a_run_with_equizero_writes_its_matrix_to_metrics_json(tiny_config):
-    from clients.client_app import train
-    from server.continual_loop import run_continual_learning
-    from server.in_process_grid import InProcessGrid
 
     config = tiny_config(eval_canonicalize="equizero", eval_group="flip", rounds_per_task=1)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    run_continual_learning(grid, config, base_dir=config.output_dir)
+    run_in_process(config)
     saved = json.loads((config.output_dir / "metrics.json").read_text())
     matrix = saved["accuracy_matrix_equizero"]
     assert len(matrix) == config.num_tasks and all(v is not None for v in matrix[-1])

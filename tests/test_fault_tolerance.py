@@ -23,6 +23,7 @@ from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 from strategies import continual
 from strategies.continual import RoundFailed
+from tests.conftest import in_process_grid, run_in_process
 
 
 class DroppingGrid(InProcessGrid):
@@ -66,8 +67,7 @@ def failing(nodes: set[int], attempts: set[int] | None = None):
 
 def test_a_raising_client_is_recorded_and_the_others_are_merged(tiny_config, tmp_path):
     config = tiny_config(num_tasks=2, rounds_per_task=1)
-    grid = InProcessGrid(failing({1}), config.to_run_config(), num_nodes=3)
-    run_continual_learning(grid, config, tmp_path)
+    run_in_process(config, 3, base_dir=tmp_path, handler=failing({1}))
     rows = rows_of(config)
     assert [(r["clients"], r["failures"], r["merged"]) for r in rows] == [("2", "1", "True")] * 2
     reason = rows[0]["failed_clients"]
@@ -139,7 +139,7 @@ def test_a_malformed_reply_is_a_failed_client(tiny_config, tmp_path):
             return Message(RecordDict({"arrays": reply.content["arrays"]}), reply_to=message)
         return reply
 
-    run_continual_learning(InProcessGrid(malformed, config.to_run_config(), 3), config, tmp_path)
+    run_in_process(config, 3, base_dir=tmp_path, handler=malformed)
     assert rows_of(config)[0]["failed_clients"].startswith("1000: malformed reply: KeyError")
 
 
@@ -164,7 +164,7 @@ def test_a_rejected_update_is_excluded_like_a_failed_client(tiny_config, tmp_pat
         return reply
 
     config = tiny_config(num_tasks=2, rounds_per_task=1)
-    run_continual_learning(InProcessGrid(inflating, config.to_run_config(), 3), config, tmp_path)
+    run_in_process(config, 3, base_dir=tmp_path, handler=inflating)
     first = rows_of(config)[0]
     assert (
         first["failed_clients"] == "1002: rejected: num_examples 99999 is more than the task holds"
@@ -179,12 +179,10 @@ def test_too_few_replies_retry_the_round_with_the_same_seeds(tiny_config, tmp_pa
     """Two of three clients fail the first attempt of each round: min-fit-fraction 0.5
     needs 2, so each round is re-sent once, and the result equals an undisturbed run's."""
     clean = tiny_config(output_dir=tmp_path / "clean", method="finetune")
-    run_continual_learning(InProcessGrid(train, clean.to_run_config(), 3), clean, tmp_path)
+    run_in_process(clean, 3, base_dir=tmp_path)
     config = tiny_config(output_dir=tmp_path / "flaky", method="finetune")
     handler = failing({0, 2}, attempts={1, 3, 5, 7})  # the first attempt of every round
-    metrics = run_continual_learning(
-        InProcessGrid(handler, config.to_run_config(), 3), config, tmp_path
-    )
+    metrics, _ = run_in_process(config, 3, base_dir=tmp_path, handler=handler)
     rows = rows_of(config)
     assert [(r["task"], r["round"], r["attempt"], r["merged"]) for r in rows] == [
         (t, r, a, m) for t in "12" for r in "12" for a, m in (("1", "False"), ("2", "True"))
@@ -207,7 +205,7 @@ def test_exhausted_retries_stop_with_a_clear_message_and_a_checkpoint(tiny_confi
             raise RuntimeError("out of memory")
         return train(message, context)
 
-    grid = InProcessGrid(broken_in_task_2, config.to_run_config(), num_nodes=3)
+    grid = in_process_grid(config, 3, handler=broken_in_task_2)
     started = time.perf_counter()
     with pytest.raises(RoundFailed) as stopped:
         run_continual_learning(grid, config, tmp_path)
@@ -228,8 +226,7 @@ def test_exhausted_retries_stop_with_a_clear_message_and_a_checkpoint(tiny_confi
 
     # the stopped run continues once the clients are fixed (or the fraction is lowered)
     resumed = ExperimentConfig(**{**vars(config), "resume_from": config.output_dir})
-    grid = InProcessGrid(train, resumed.to_run_config(), num_nodes=3)
-    metrics = run_continual_learning(grid, resumed, tmp_path)
+    metrics, grid = run_in_process(resumed, 3, base_dir=tmp_path)
     assert metrics["tasks_finished"] == 2
     assert {m.content["config"]["task"] for m in grid.sent} == {1}
     assert [(r["task"], r["round"]) for r in rows_of(config) if r["merged"] == "True"] == [
@@ -338,7 +335,7 @@ def test_a_federation_of_another_size_is_refused_before_anything_loads(
         raise AssertionError("the experiment loaded before the client count was checked")
 
     monkeypatch.setattr(continual_loop, "load_experiment", must_not_load)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
+    grid = in_process_grid(config, num_nodes=2)
     message = (
         "run config key 'expected-clients': this config expects 3 clients, the federation "
         'has 2 (in simulation: --federation-config "num-supernodes=3")'
@@ -362,4 +359,4 @@ def test_a_federation_of_the_expected_size_goes_on_to_load_the_experiment(
     monkeypatch.setattr(continual_loop, "load_experiment", loading)
     config = tiny_config(expected_clients=2)
     with pytest.raises(Loading):
-        run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
+        run_in_process(config, base_dir=tmp_path)

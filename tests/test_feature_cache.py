@@ -9,6 +9,7 @@ import torch
 from multifcl.experiment import load_experiment
 from multifcl.features import FeatureCache, FeatureKey, feature_cache_for
 from multifcl.seeding import derive_seed
+from tests.conftest import run_in_process
 
 MULTIFCL = {"method": "multifcl", "use_text_init": False, "adapter_policy": "first-task"}
 NUM_CLIENTS = 2
@@ -128,17 +129,13 @@ def test_fingerprint_sees_every_pixel_and_label(tiny_config):
 
 
 def test_the_client_app_path_uses_the_cache_and_gets_the_same_run(tiny_config, tmp_path):
-    from clients.client_app import train
-    from server.continual_loop import run_continual_learning
-    from server.in_process_grid import InProcessGrid
 
     results = {}
     for cache in (True, False):
         config = tiny_config(
             method="prototypes", cache_features=cache, output_dir=tmp_path / f"run-{cache}"
         )
-        grid = InProcessGrid(train, config.to_run_config(), num_nodes=NUM_CLIENTS)
-        results[cache] = run_continual_learning(grid, config, base_dir=tmp_path)
+        results[cache], _ = run_in_process(config, NUM_CLIENTS, base_dir=tmp_path)
         method = load_experiment(config).method
         assert method.feature_cache.hits == (NUM_CLIENTS * 2 if cache else 0)  # round 2 of 2 tasks
     assert results[True]["accuracy_matrix"] == results[False]["accuracy_matrix"]

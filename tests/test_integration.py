@@ -13,14 +13,13 @@ from multifcl.config import ConfigError
 from multifcl.experiment import load_experiment
 from protocol.messages import ARRAYS, CONFIG, record_to_state
 from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import in_process_grid, run_in_process
 
 
 @pytest.mark.parametrize("method", ["prototypes", "finetune"])
 def test_two_tasks_two_rounds_two_clients(method, tiny_config, tmp_path):
     config = tiny_config(method=method)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    metrics = run_continual_learning(grid, config, base_dir=tmp_path)
+    metrics, grid = run_in_process(config, base_dir=tmp_path)
 
     run = config.output_dir
     assert {p.name for p in run.iterdir()} >= {
@@ -56,8 +55,7 @@ def test_two_tasks_two_rounds_two_clients(method, tiny_config, tmp_path):
 def test_federated_prototypes_equal_the_central_class_means(tiny_config):
     config = tiny_config(method="prototypes", partition="dirichlet", beta=0.3)
     experiment = load_experiment(config)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=3)
-    run_continual_learning(grid, config, base_dir=config.output_dir)
+    _, grid = run_in_process(config, num_nodes=3)
     # the state sent in the last round, against class means computed from all data in one place
     last_sent = record_to_state(grid.sent[-1].content[ARRAYS])
     method, data = experiment.method, experiment.data
@@ -78,8 +76,7 @@ def test_failing_client_is_recorded_and_the_round_merges_the_others(tiny_config,
             raise RuntimeError("disk on fire")
         return train(message, context)
 
-    grid = InProcessGrid(flaky, config.to_run_config(), num_nodes=2)
-    run_continual_learning(grid, config, base_dir=tmp_path)
+    run_in_process(config, base_dir=tmp_path, handler=flaky)
     rows = list(csv.DictReader((config.output_dir / "rounds.csv").open()))
     assert [(r["clients"], r["failures"]) for r in rows] == [("1", "1"), ("1", "1")]
 
@@ -113,16 +110,16 @@ def test_finetune_leaves_the_shared_backbone_untouched(tiny_config):
 
 def test_an_existing_run_is_not_overwritten(tiny_config, tmp_path):
     config = tiny_config(rounds_per_task=1)
-    run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
+    run_in_process(config, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="already holds a run"):
-        run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
+        run_in_process(config, base_dir=tmp_path)
 
 
 def test_bad_data_stops_the_run_before_any_round_and_writes_nothing(tiny_config, tmp_path):
     from multifcl.data import DataError
 
     config = tiny_config(partition="iid")
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=300)  # more clients than samples
+    grid = in_process_grid(config, num_nodes=300)  # more clients than samples
     with pytest.raises(DataError, match="no samples"):
         run_continual_learning(grid, config, base_dir=tmp_path)
     assert grid.sent == []

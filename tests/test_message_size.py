@@ -66,8 +66,7 @@ def test_a_float16_run_sends_half_and_clients_report_time_and_memory(tiny_config
 
     from clients.client_app import train
     from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
-    from server.continual_loop import run_continual_learning
-    from server.in_process_grid import InProcessGrid
+    from tests.conftest import run_in_process
 
     replies, uploads = [], {}
     for dtype in ("float32", "float16"):
@@ -78,9 +77,7 @@ def test_a_float16_run_sends_half_and_clients_report_time_and_memory(tiny_config
             replies.append(reply)
             return reply
 
-        run_continual_learning(
-            InProcessGrid(recording, config.to_run_config(), 2), config, tmp_path
-        )
+        run_in_process(config, base_dir=tmp_path, handler=recording)
         rows = list(csv.DictReader((config.output_dir / "rounds.csv").open()))
         uploads[dtype] = sum(int(row["bytes_up"]) for row in rows)
     # d = 64 on the tiny backbone: record headers are a good part of the bytes

@@ -5,7 +5,6 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTModel
 
-from clients.client_app import train
 from multifcl.adapters import BottleneckAdapters, build_adapters
 from multifcl.backbones import load_backbone
 from multifcl.backbones.vision_transformer import TransformerBackbone
@@ -17,8 +16,7 @@ from multifcl.losses.self_distillation import self_distillation_loss, teacher_we
 from multifcl.methods import ClientUpdate
 from multifcl.methods.multifcl import MultiFCLMethod
 from protocol.messages import ARRAYS, CONFIG, record_to_state
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 ALL_OFF = {
     "use_adapters": False,
@@ -178,8 +176,7 @@ def test_merge_is_the_count_weighted_mean_per_class(tiny_config):
 
 def test_first_task_adapters_stop_changing_after_task_one(tiny_config):
     config = tiny_config(method="multifcl", num_tasks=5, use_text_init=False)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    metrics = run_continual_learning(grid, config, base_dir=config.output_dir)
+    metrics, grid = run_in_process(config)
     sent = {}
     for message in grid.sent:
         sent[(message.content[CONFIG]["task"], message.content[CONFIG]["round"])] = record_to_state(
@@ -197,8 +194,7 @@ def test_every_switch_off_is_the_prototypes_baseline(tiny_config, tmp_path):
     results = {}
     for method, changes in [("prototypes", {}), ("multifcl", ALL_OFF)]:
         config = tiny_config(method=method, output_dir=tmp_path / method, **changes)
-        grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-        results[method] = run_continual_learning(grid, config, base_dir=tmp_path)
+        results[method], _ = run_in_process(config, base_dir=tmp_path)
     assert results["multifcl"]["accuracy_matrix"] == results["prototypes"]["accuracy_matrix"]
 
 

@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from clients.client_app import train
 from multifcl.config import ConfigError
 from multifcl.experiment import load_experiment
 from multifcl.heads.prototype_initialization import halve_towards
 from multifcl.methods.multifcl import ADAPTER_ROUNDS
 from multifcl.optim.local_training import LocalTraining
 from protocol.messages import ARRAYS, CONFIG, record_to_state
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 # a trained prototype row moves by at least 0.3% of its norm in a round of one local epoch
 # at the default prototype-lr (raw-norm prototypes at the adapters' rate moved 0.01-0.02%)
@@ -23,8 +21,7 @@ MOVES_AT_LEAST = 0.003
 
 
 def _run(config):
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    run_continual_learning(grid, config, base_dir=config.output_dir)
+    _, grid = run_in_process(config)
     sent = {}
     for message in grid.sent:
         key = (message.content[CONFIG]["task"], message.content[CONFIG]["round"])

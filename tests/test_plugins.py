@@ -6,13 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.client_app import train
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.methods.base import CLASS_MEAN_COSINE, SECONDS_PER_STEP
 from multifcl.optim.local_training import LocalTraining
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 
 def first_task_update(config):
@@ -111,8 +109,7 @@ def test_tempbalance_needs_an_eligible_layer(tiny_config):
 )
 def test_finetune_runs_with_each_plug_in_and_logs_step_time(changes, tiny_config):
     config = tiny_config(method="finetune", **changes)
-    grid = InProcessGrid(train, config.to_run_config(), num_nodes=2)
-    metrics = run_continual_learning(grid, config, base_dir=config.output_dir)
+    metrics, _ = run_in_process(config)
     rows = list(csv.DictReader((config.output_dir / "rounds.csv").open()))
     assert all(float(row["seconds_per_step"]) > 0 for row in rows)
     assert metrics["accuracy_matrix"][1][1] > 50.0

@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from clients.client_app import train
 from multifcl.cli import main
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.reporting import RunResults
 from multifcl.reporting.figures import method_colour, series_styles
 from multifcl.reporting.report import group_runs, partition_of, render_report
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
-from tests.conftest import TINY
+from tests.conftest import TINY, run_in_process
 
 NUM_CLIENTS = 3
 
@@ -35,8 +32,7 @@ def finished_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     for seed in (0, 1):
         config = tiny_config(base / f"prototypes-seed{seed}", seed)
-        grid = InProcessGrid(train, config.to_run_config(), num_nodes=NUM_CLIENTS)
-        run_continual_learning(grid, config, base_dir=base)
+        run_in_process(config, NUM_CLIENTS, base_dir=base)
     return [base / "prototypes-seed0", base / "prototypes-seed1"]
 
 

@@ -137,24 +137,20 @@ def test_task_checkpoints_hold_the_global_state_after_each_task(reference):
 
 
 def test_resuming_a_finished_run_returns_its_metrics_without_training(reference, tmp_path):
-    from clients.client_app import train
-    from server.continual_loop import run_continual_learning
-    from server.in_process_grid import InProcessGrid
+    from tests.conftest import run_in_process
 
     config = ExperimentConfig.from_run_config({**RUN, "resume-from": str(reference)})
-    grid = InProcessGrid(train, config.to_run_config(), NODES)
-    metrics = run_continual_learning(grid, config, tmp_path)
+    metrics, grid = run_in_process(config, NODES, base_dir=tmp_path)
     assert grid.sent == []
     assert metrics == json.loads((reference / "metrics.json").read_text())
 
 
 def test_a_resume_with_other_clients_stops_before_any_round(reference, tmp_path):
-    from clients.client_app import train
     from server.continual_loop import run_continual_learning
-    from server.in_process_grid import InProcessGrid
+    from tests.conftest import in_process_grid
 
     config = ExperimentConfig.from_run_config({**RUN, "resume-from": str(reference)})
-    grid = InProcessGrid(train, config.to_run_config(), NODES + 1)
+    grid = in_process_grid(config, NODES + 1)
     with pytest.raises(ConfigError, match="^run config key 'resume-from': the run had 3 clients"):
         run_continual_learning(grid, config, tmp_path)
     assert grid.sent == []

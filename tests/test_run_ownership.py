@@ -22,7 +22,7 @@ from multifcl.results.checkpoints import latest_checkpoint
 from multifcl.results.resume import open_resumable_run
 from multifcl.results.run_lock import LOCK_FILE, RunLock
 from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import in_process_grid, run_in_process
 from tests.test_config import one_line_error
 from tests.test_resume import NODES, REPO, RUN, make_checkpoint, run_worker
 
@@ -50,7 +50,7 @@ def test_an_interrupted_runs_folder_is_refused_to_a_new_run_and_kept_for_its_res
     before = files_of(folder)
 
     run_b = ExperimentConfig.from_run_config({**run_a, "lr": 0.05})
-    grid = InProcessGrid(train, run_b.to_run_config(), NODES)
+    grid = in_process_grid(run_b, NODES)
     message = one_line_error(ConfigError, lambda: run_continual_learning(grid, run_b, tmp_path))
     assert message == (
         f"run config key 'output-dir': '{folder}' already holds a run (config.json, "
@@ -99,14 +99,15 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_completes(
         return train(message, context)
 
     def run_first() -> None:
-        grid = InProcessGrid(held_in_its_first_round, first.to_run_config(), 2)
-        finished["metrics"] = run_continual_learning(grid, first, tmp_path)
+        finished["metrics"], _ = run_in_process(
+            first, base_dir=tmp_path, handler=held_in_its_first_round
+        )
 
     thread = threading.Thread(target=run_first)
     thread.start()
     try:
         assert in_round.wait(120)
-        grid = InProcessGrid(train, second.to_run_config(), 2)
+        grid = in_process_grid(second)
         message = one_line_error(
             ConfigError, lambda: run_continual_learning(grid, second, tmp_path)
         )

@@ -7,17 +7,15 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from clients.client_app import train
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import RoundRecord
 from multifcl.results import RunDirectory, tensorboard_log
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 
 def test_a_tiny_run_writes_round_and_task_scalars(tiny_config, tmp_path):
     config = tiny_config(method="finetune", logger="tensorboard")  # 2 tasks x 2 rounds
-    run_continual_learning(InProcessGrid(train, config.to_run_config(), 2), config, tmp_path)
+    run_in_process(config, base_dir=tmp_path)
     events = EventAccumulator(str(config.output_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])

@@ -24,8 +24,7 @@ from multifcl.update_validation import (
     validate_update,
 )
 from protocol.messages import CONFIG, content_to_update, update_to_content
-from server.continual_loop import run_continual_learning
-from server.in_process_grid import InProcessGrid
+from tests.conftest import run_in_process
 
 TASK_1 = Task(0, range(3), range(3))
 TASK_2 = Task(1, range(3, 6), range(6))
@@ -458,8 +457,7 @@ def run_recording_merges(config, handler, monkeypatch) -> tuple[dict, list]:
         return merged
 
     monkeypatch.setattr(method, "merge", recording_merge)
-    grid = InProcessGrid(handler, config.to_run_config(), num_nodes=3)
-    return run_continual_learning(grid, config, base_dir=config.output_dir), merges
+    return run_in_process(config, 3, handler=handler)[0], merges
 
 
 def test_rejected_replies_are_logged_and_the_state_equals_a_run_without_them(
