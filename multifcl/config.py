@@ -126,6 +126,14 @@ class ExperimentConfig:
     eval_group: str = "flip-rot90"  # the transforms equizero tries: flip, rot90, flip-rot90
 
     def __post_init__(self) -> None:
+        """Refuse a bad value with a one-line ConfigError naming its run config key; the
+        checks run in this order, so the first bad key is the one reported."""
+        self._check_choices()
+        self._check_ranges()
+        self._check_combinations()
+
+    def _check_choices(self) -> None:
+        """Keys that take one of a fixed set of names."""
         # method, dataset and eval-group are names the registries check where they resolve
         # them (multifcl.config_names.check_names asks all three at once)
         _check_choice("partition", self.partition, PARTITIONS)
@@ -153,6 +161,9 @@ class ExperimentConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("transmit-dtype", self.transmit_dtype, TRANSMIT_DTYPES)
         _check_choice("eval-canonicalize", self.eval_canonicalize, EVAL_CANONICALIZATIONS)
+
+    def _check_ranges(self) -> None:
+        """Numbers that must be positive, not negative, or within a range."""
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
@@ -184,6 +195,9 @@ class ExperimentConfig:
                 "run config key 'min-fit-fraction': must be in (0, 1], "
                 f"got {self.min_fit_fraction!r}"
             )
+
+    def _check_combinations(self) -> None:
+        """Keys that depend on other keys, the data source, and the robust merge."""
         if self.use_self_kd and not self.use_experts:
             raise ConfigError(
                 "run config key 'use-self-kd': self-distillation needs several experts; "

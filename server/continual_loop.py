@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from multifcl.config import ConfigError, ExperimentConfig
+from multifcl.data import Task
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
 from multifcl.metrics import AccuracyHistory, RoundRecord
@@ -44,8 +45,6 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
 
 def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None) -> dict:
     run_dir, experiment, federation, checkpoint = _start_or_resume(grid, config, folder, run_id)
-    grid = FederationGrid(grid, federation)  # only the nodes that passed the handshake
-    num_clients = len(federation.partitions)
     stream = experiment.data.stream
     log(
         INFO,
@@ -54,84 +53,114 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
         config.dataset,
         stream.num_tasks,
         config.rounds_per_task,
-        num_clients,
+        len(federation.partitions),
         federation.num_partitions,
         run_dir.path,
     )
-
-    round_log = _RoundLog(run_dir, checkpoint.rounds_logged, stream.num_tasks, config)
-    strategy = ContinualStrategy(
-        experiment.method,
-        stream,
-        round_timeout=config.round_timeout,
-        min_fit_fraction=config.min_fit_fraction,
-        max_round_retries=config.max_round_retries,
-        num_clients=num_clients,
-        on_round=round_log.append,
-    )
-    state = checkpoint.state
+    tasks = _TaskLoop(grid, config, run_dir, experiment, federation, checkpoint.rounds_logged)
     metrics: dict | None = None
     for task in stream:
         if checkpoint.accuracy.tasks_evaluated > task.index:  # before the run was interrupted
             continue
         started = time.perf_counter()
+        checkpoint = tasks.train_rounds(checkpoint, task)
+        checkpoint, metrics = tasks.evaluate(checkpoint, task, started)
+    if metrics is None:  # resumed a run that had already finished
+        log(INFO, "multifcl: every task of %s was already done", run_dir.path)
+        metrics = checkpoint.accuracy.metrics(stream.num_tasks)
+    for path in experiment.method.export(checkpoint.state, run_dir.path / ADAPTERS_FOLDER):
+        log(INFO, "multifcl: adapters exported to %s", path)
+    print_summary(metrics, f"{config.method} on {config.dataset}")
+    log(INFO, "multifcl: results in %s", run_dir.path)
+    return metrics
+
+
+class _TaskLoop:
+    """One task at a time: its rounds over the federation's nodes, then its evaluation,
+    with a checkpoint after every round and after the evaluation."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: ExperimentConfig,
+        run_dir: RunDirectory,
+        experiment: Experiment,
+        federation: Federation,
+        rounds_logged: int,
+    ) -> None:
+        self.grid = FederationGrid(grid, federation)  # only the nodes that passed the handshake
+        self.config, self.run_dir, self.experiment = config, run_dir, experiment
+        self.num_tasks = experiment.data.stream.num_tasks
+        self.round_log = _RoundLog(run_dir, rounds_logged, self.num_tasks, config)
+        self.rounds = ContinualStrategy(
+            experiment.method,
+            experiment.data.stream,
+            round_timeout=config.round_timeout,
+            min_fit_fraction=config.min_fit_fraction,
+            max_round_retries=config.max_round_retries,
+            num_clients=len(federation.partitions),
+            on_round=self.round_log.append,
+        )
+
+    def train_rounds(self, checkpoint: Checkpoint, task: Task) -> Checkpoint:
+        """The task's rounds not yet done, each checkpointed; the checkpoint after the last."""
+        config, run_dir = self.config, self.run_dir
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
         for server_round in range(first_round, config.rounds_per_task + 1):
-            last_round = (
-                task.index == stream.num_tasks - 1 and server_round == config.rounds_per_task
-            )
+            last_round = task.index == self.num_tasks - 1 and server_round == config.rounds_per_task
             keep_client_states = config.save_task_checkpoints and last_round
             try:
-                result = strategy.train_round(grid, state, task, server_round, keep_client_states)
+                result = self.rounds.train_round(
+                    self.grid, checkpoint.state, task, server_round, keep_client_states
+                )
             except RoundFailed as error:
                 raise RoundFailed(
                     f"{error}. The run stopped; its last complete round is checkpointed in "
                     f"{str(run_dir.path)!r}: fix the clients, then continue it with "
                     f"resume-from='{run_dir.path}'"
                 ) from None
-            state = result.state
             if keep_client_states:
                 save_client_states(run_dir.path, result.client_states)
             checkpoint = _advance(
                 checkpoint,
                 task=task.index,
                 rounds_done=server_round,
-                state=state,
-                rounds_logged=round_log.rows,
+                state=result.state,
+                rounds_logged=self.round_log.rows,
             )
             checkpoint.save(run_dir.path)
-        state = experiment.method.end_task(state, task)  # checkpointed below, with the scores
-        stage = evaluate_seen_tasks(experiment.method, state, experiment.data, task)
+        return checkpoint
+
+    def evaluate(
+        self, checkpoint: Checkpoint, task: Task, started: float
+    ) -> tuple[Checkpoint, dict]:
+        """End the task, score every task seen so far, write metrics.json and checkpoint."""
+        method, run_dir = self.experiment.method, self.run_dir
+        state = method.end_task(checkpoint.state, task)  # checkpointed below, with the scores
+        stage = evaluate_seen_tasks(method, state, self.experiment.data, task)
         accuracy = checkpoint.accuracy.appended(stage)
-        metrics = run_dir.write_metrics(accuracy, stream.num_tasks)
-        if config.save_task_checkpoints:
+        metrics = run_dir.write_metrics(accuracy, self.num_tasks)
+        if self.config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
         checkpoint = _advance(
             checkpoint,
             task=task.index,
-            rounds_done=config.rounds_per_task,
+            rounds_done=self.config.rounds_per_task,
             state=state,
             accuracy=accuracy,
-            rounds_logged=round_log.rows,
+            rounds_logged=self.round_log.rows,
         )
         checkpoint.save(run_dir.path)
         log(
             INFO,
             "task %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
             task.index + 1,
-            stream.num_tasks,
+            self.num_tasks,
             time.perf_counter() - started,
             [round(a, 1) for a in stage.cil],
             metrics["stage_accuracy"][-1],
         )
-    if metrics is None:  # resumed a run that had already finished
-        log(INFO, "multifcl: every task of %s was already done", run_dir.path)
-        metrics = checkpoint.accuracy.metrics(stream.num_tasks)
-    for path in experiment.method.export(state, run_dir.path / ADAPTERS_FOLDER):
-        log(INFO, "multifcl: adapters exported to %s", path)
-    print_summary(metrics, f"{config.method} on {config.dataset}")
-    log(INFO, "multifcl: results in %s", run_dir.path)
-    return metrics
+        return checkpoint, metrics
 
 
 def _run_lock(config: ExperimentConfig, base_dir: Path) -> RunLock:
