@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "analyze": "multifcl.analysis.command",
     "check-config": "multifcl.check_config",
     "compare": "multifcl.compare",
-    "report": "multifcl.reporting.report",
+    "report": "multifcl.reporting.report_command",
     "run": "multifcl.local_run",
 }
 

@@ -33,7 +33,7 @@ from multifcl.config import FIELD_TYPES, ConfigError, ExperimentConfig
 from multifcl.config_names import check_names
 from multifcl.interrupts import signals_held, sigterm_as_interrupt
 from multifcl.metrics.accuracy_history import FORMULAS
-from multifcl.reporting import figures
+from multifcl.reporting import report_figures
 from multifcl.reporting.comparison_table import comparison_rows, markdown_table, write_csv
 from multifcl.reporting.run_results import RunResults, is_finished
 from multifcl.results.resume import config_differences
@@ -200,9 +200,9 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
     markdown.write_text(header + markdown_table(rows))
     written = [markdown, write_csv(rows, plan.out / "comparison.csv")]
     methods = {label: runs[0].config["method"] for label, runs in groups.items()}  # colours
-    setting = figures.data_and_backbone([r.config for runs in groups.values() for r in runs])
+    setting = report_figures.data_and_backbone([r.config for runs in groups.values() for r in runs])
     written.append(
-        figures.stage_curves(
+        report_figures.stage_curves(
             {label: [r.metrics["stage_accuracy"] for r in runs] for label, runs in groups.items()},
             plan.out / "accuracy_curves.png",
             methods,
@@ -210,7 +210,7 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
         )
     )
     written.append(
-        figures.last_bars(
+        report_figures.last_bars(
             {label: [r.metrics["last"] for r in runs] for label, runs in groups.items()},
             plan.out / "last_accuracy.png",
             methods,
@@ -218,7 +218,7 @@ def write_comparison(plan: ComparisonPlan) -> list[Path]:
         )
     )
     written.append(
-        figures.bytes_per_round(
+        report_figures.bytes_per_round(
             {label: [r.bytes_per_round() for r in runs] for label, runs in groups.items()},
             plan.out / "bytes_per_round.png",
             methods,

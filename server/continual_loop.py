@@ -23,12 +23,12 @@ from multifcl.results.checkpoints import (
     save_client_states,
     save_task_state,
 )
+from multifcl.results.folder_layout import ADAPTERS_FOLDER
 from multifcl.results.resume import check_same_clients, open_resumable_run, resume_folder
 from multifcl.results.run_directory import new_run_id, saved_run_id
-from multifcl.results.run_folder import ADAPTERS_FOLDER
 from multifcl.results.run_lock import RunLock
 from server.handshake import Federation, FederationGrid, handshake
-from strategies import ContinualStrategy
+from strategies import RoundRunner
 from strategies.continual import RoundFailed
 
 NODE_WAIT_SECONDS = 120.0
@@ -92,7 +92,7 @@ class _TaskLoop:
         self.config, self.run_dir, self.experiment = config, run_dir, experiment
         self.num_tasks = experiment.data.stream.num_tasks
         self.round_log = _RoundLog(run_dir, rounds_logged, self.num_tasks, config)
-        self.rounds = ContinualStrategy(
+        self.rounds = RoundRunner(
             experiment.method,
             experiment.data.stream,
             round_timeout=config.round_timeout,

@@ -1,5 +1,5 @@
 """Flower strategies: what is aggregated, and how."""
 
-from strategies.continual import ContinualStrategy
+from strategies.continual import RoundRunner
 
-__all__ = ["ContinualStrategy"]
+__all__ = ["RoundRunner"]

@@ -1,4 +1,4 @@
-"""The continual-learning strategy: one round at a time, merged by the method's own rule,
+"""The round runner: one federated round as one call, merged by the method's own rule,
 with failed clients recorded and rounds retried when too few usable updates came back."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class _Replies:
         return sorted(self.updates.values(), key=_content_digest)
 
 
-class ContinualStrategy:
+class RoundRunner:
     """Sends the global state and {task, round} to every node; merges with `method.merge`.
 
     It holds only settings; `train_round` runs one round as one call. A client that returns

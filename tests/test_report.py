@@ -13,8 +13,8 @@ from multifcl.cli import main
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.reporting import RunResults
-from multifcl.reporting.figures import method_colour, series_styles
-from multifcl.reporting.report import group_runs, partition_of, render_report
+from multifcl.reporting.report_command import group_runs, partition_of, render_report
+from multifcl.reporting.report_figures import method_colour, series_styles
 from tests.conftest import TINY, run_in_process
 
 NUM_CLIENTS = 3
@@ -171,7 +171,7 @@ def test_a_folder_that_is_not_a_run_is_refused_in_one_line(tmp_path, capsys, mak
 def test_the_partition_heatmap_labels_rows_by_the_partitions_held(tmp_path, monkeypatch):
     """With allow-missing-partitions, partition.json holds rows only for the partitions held;
     the figure names each row by its partition id, not by its position."""
-    from multifcl.reporting import figures
+    from multifcl.reporting import report_figures
 
     labels = []
     monkeypatch.setattr(
@@ -184,5 +184,5 @@ def test_the_partition_heatmap_labels_rows_by_the_partitions_held(tmp_path, monk
         "class_names": ["a", "b"],
         "tasks": [{"task": 1, "classes": [0, 1], "counts": [[5, 7]]}],
     }
-    figures.partition(counts, "held", tmp_path / "partition.png")
+    report_figures.partition(counts, "held", tmp_path / "partition.png")
     assert labels == [["1"]]

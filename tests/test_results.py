@@ -12,7 +12,7 @@ from rich.console import Console
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import AccuracyHistory, RoundRecord
-from multifcl.reporting.figures import data_and_backbone, run_title
+from multifcl.reporting.report_figures import data_and_backbone, run_title
 from multifcl.results import RunDirectory, print_summary
 from multifcl.results.checkpoints import save_task_state
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from multifcl.analysis.analysis_report import AnalysisReport, write_report
 from multifcl.analysis.checkpoint_analysis import (
     DEFAULT_SAMPLES_PER_TASK,
     analyze_checkpoints,
     evaluation_subsets,
 )
 from multifcl.analysis.finished_run import AnalysisError, FinishedRun, load_state
-from multifcl.analysis.report import AnalysisReport, write_report
 from multifcl.analysis.robustness import robustness_table
 from multifcl.equizero import TRANSFORM_GROUPS, group_transforms
 

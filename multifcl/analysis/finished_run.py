@@ -10,7 +10,7 @@ import numpy as np
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.methods import State
-from multifcl.results.run_folder import (
+from multifcl.results.folder_layout import (
     CLIENT_SNAPSHOT_FOLDER,
     CONFIG_FILE,
     TASK_FOLDER,

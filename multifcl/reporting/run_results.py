@@ -1,12 +1,12 @@
 """A run folder's saved results read back: config.json, metrics.json, rounds.csv and
-partition.json (through `multifcl.results.run_folder`)."""
+partition.json (through `multifcl.results.folder_layout`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from multifcl.results.run_folder import (
+from multifcl.results.folder_layout import (
     CONFIG_FILE,
     METRICS_FILE,
     PARTITION_FILE,

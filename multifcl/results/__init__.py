@@ -1,4 +1,4 @@
-"""The run directory: config, metrics, per-round costs, plot and the printed summary."""
+"""Writing a run folder: its layout, the run directory, checkpoints, resume, the summary."""
 
 from multifcl.results.run_directory import RunDirectory, default_output_dir
 from multifcl.results.summary_table import print_summary

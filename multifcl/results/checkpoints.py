@@ -23,7 +23,7 @@ import torch
 
 from multifcl.atomic_files import replace_atomically
 from multifcl.metrics.accuracy_history import AccuracyHistory
-from multifcl.results.run_folder import CHECKPOINT_FOLDER, CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
+from multifcl.results.folder_layout import CHECKPOINT_FOLDER, CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
 
 State = dict[str, np.ndarray]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.results.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
-from multifcl.results.run_folder import (
+from multifcl.results.folder_layout import (
     CHECKPOINT_FOLDER,
     CONFIG_FILE,
     RUN_ID_KEY,

@@ -22,9 +22,8 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import FederatedStream
 from multifcl.features import remove_spilled_features
 from multifcl.metrics import AccuracyHistory, RoundRecord
-from multifcl.reporting.figures import run_title
-from multifcl.results.partition_file import partition_counts
-from multifcl.results.run_folder import (
+from multifcl.reporting.report_figures import run_title
+from multifcl.results.folder_layout import (
     CONFIG_FILE,
     METRICS_FILE,
     PARTITION_FILE,
@@ -34,6 +33,7 @@ from multifcl.results.run_folder import (
     RUN_ID_KEY,
     TENSORBOARD_FOLDER,
 )
+from multifcl.results.partition_file import partition_counts
 from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
 
 

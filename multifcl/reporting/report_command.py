@@ -26,7 +26,7 @@ from pathlib import Path
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import DataError
-from multifcl.reporting import figures
+from multifcl.reporting import report_figures
 from multifcl.reporting.run_results import RunFolderError, RunResults
 from multifcl.results.resume import RESULT_NEUTRAL_KEYS
 
@@ -53,9 +53,9 @@ def render_report(
     """Write every figure for `runs` into `out`; return the files written."""
     groups = group_runs(runs, echo)
     methods = {group.label: group.method for group in groups}
-    setting = figures.data_and_backbone([run.config for run in runs])
+    setting = report_figures.data_and_backbone([run.config for run in runs])
     written = [
-        figures.stage_curves(
+        report_figures.stage_curves(
             {group.label: [r.metrics["stage_accuracy"] for r in group.runs] for group in groups},
             out / "accuracy_curves.png",
             methods,
@@ -63,9 +63,9 @@ def render_report(
         )
     ]
     for run in runs:
-        title = f"{run_label(run)}: CIL a[t][j] (%)\n{figures.run_title(run.config)}"
+        title = f"{run_label(run)}: CIL a[t][j] (%)\n{report_figures.run_title(run.config)}"
         written.append(
-            figures.accuracy_matrix(
+            report_figures.accuracy_matrix(
                 run.metrics["accuracy_matrix"], title, out / f"accuracy_matrix-{run.name}.png"
             )
         )
@@ -83,9 +83,9 @@ def render_report(
             f"{run_label(run)}: training samples per client and class\n"
             f"{describe_partition(run.config)}"
         )
-        written.append(figures.partition(counts, title, out / f"partition-{run.name}.png"))
+        written.append(report_figures.partition(counts, title, out / f"partition-{run.name}.png"))
     written.append(
-        figures.bytes_per_round(
+        report_figures.bytes_per_round(
             {group.label: [r.bytes_per_round() for r in group.runs] for group in groups},
             out / "bytes_per_round.png",
             methods,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from multifcl.analysis.redundancy import RedundancyPoint
-from multifcl.reporting.figures import annotate_cells, new_figure, save_figure
+from multifcl.reporting.report_figures import annotate_cells, new_figure, save_figure
 
 MAX_ANNOTATED_CELLS = 200
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from multifcl.analysis.analysis_figures import cka_drift_heatmap, redundancy_curves
 from multifcl.analysis.checkpoint_analysis import CheckpointAnalysis
-from multifcl.analysis.figures import cka_drift_heatmap, redundancy_curves
 from multifcl.analysis.finished_run import FinishedRun
 from multifcl.analysis.robustness import RobustnessRow
-from multifcl.reporting.figures import run_title
-from multifcl.results.run_folder import METRICS_FILE, RunFolderError, read_json
+from multifcl.reporting.report_figures import run_title
+from multifcl.results.folder_layout import METRICS_FILE, RunFolderError, read_json
 
 FOLDER = "analysis"
 REPORT = "analysis.md"
