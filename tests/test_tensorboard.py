@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from multifcl.config import ConfigError, ExperimentConfig
-from multifcl.metrics import RoundRecord
+from multifcl.metrics import AccuracyHistory, RoundRecord
 from multifcl.results import RunDirectory, tensorboard_log
 from tests.conftest import run_in_process
 
@@ -51,7 +51,7 @@ def test_the_default_logger_writes_no_event_files(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.start(ExperimentConfig(num_tasks=1), {})
     run.append_round(RoundRecord(1, 1, 2, 10, 20, 0.5, 1.0))
-    run.write_metrics([[80.0]], [[90.0]], [80.0], 1)
+    run.write_metrics(AccuracyHistory([[80.0]], [[90.0]], [80.0]), 1)
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
