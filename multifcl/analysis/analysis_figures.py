@@ -38,23 +38,13 @@ def redundancy_curves(curves: list[list[RedundancyPoint]], title: str, path: Pat
         colors = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(curves), 1)))
         for task, (curve, color) in enumerate(zip(curves, colors), start=1):
             fractions = [100 * p.fraction for p in curve]
+            style = {"marker": "o", "capsize": 3, "color": color}
+            accuracy, accuracy_std = [p.accuracy for p in curve], [p.accuracy_std for p in curve]
             accuracy_axis.errorbar(
-                fractions,
-                [p.accuracy for p in curve],
-                yerr=[p.accuracy_std for p in curve],
-                marker="o",
-                capsize=3,
-                color=color,
-                label=f"after task {task}",
+                fractions, accuracy, yerr=accuracy_std, label=f"after task {task}", **style
             )
-            cka_axis.errorbar(
-                fractions,
-                [p.cka for p in curve],
-                yerr=[p.cka_std for p in curve],
-                marker="o",
-                capsize=3,
-                color=color,
-            )
+            cka, cka_std = [p.cka for p in curve], [p.cka_std for p in curve]
+            cka_axis.errorbar(fractions, cka, yerr=cka_std, **style)
         accuracy_axis.set(
             xlabel="feature dimensions kept (%)",
             ylabel="prototype-classifier accuracy (%)",
