@@ -69,6 +69,19 @@ def test_the_adapter_phase_uploads_class_means_under_the_trained_adapters(tiny_c
             np.testing.assert_allclose(row, mean.numpy(), atol=1e-5)
 
 
+def test_no_shallow_expert_loss_reaches_the_adapters_in_their_phase(tiny_config, monkeypatch):
+    """While the adapters train alone, only the final expert's loss is computed: the sum of
+    the experts' losses and self-distillation are never called."""
+    experiment = load_experiment(tiny_config(method="multifcl", use_text_init=False))
+    method, task = experiment.method, experiment.data.stream.task(0)
+    called = []
+    monkeypatch.setattr(method.experts, "loss", lambda *args: called.append("loss"))
+    update = method.train_client(
+        method.initial_state(), experiment.data.client_train_set(task, 0, 1), task, seed=0
+    )
+    assert _adapters(update.arrays) and called == []
+
+
 def test_the_experts_round_sends_no_adapters_and_gets_no_gradient_into_them(tiny_config):
     experiment = load_experiment(tiny_config(method="multifcl", use_text_init=False))
     method, task = experiment.method, experiment.data.stream.task(0)

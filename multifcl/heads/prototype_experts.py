@@ -99,7 +99,9 @@ class PrototypeExperts(Experts):
         fresh = self._classes_to_initialise(client)
         use_text = not client.adapter_phase
         self._initialise(fresh, client.features, client.labels, client.task, use_text)
-        if not self.config.use_experts or client.adapter_phase:
+        if client.adapter_phase:  # fixed prototypes; only the final expert trains adapters
+            return ExpertTraining(final_only=True)
+        if not self.config.use_experts:
             return ExpertTraining()
         refined = self._refined_classes(client)
         means = self.class_means(client.features, client.labels, refined) if refined else []
