@@ -110,7 +110,9 @@ class ExperimentConfig:
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
-    min_fit_fraction: float = 0.5  # share of the run's clients whose replies must be merged
+    min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
+    fraction_train: float = 1.0  # share of the run's clients sampled for each round (Flower's name)
+    min_train_clients: int = 1  # each round samples at least this many clients
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     expected_clients: int = 0  # 0: any federation size; else the run refuses another size
     allow_missing_partitions: bool = False  # true: run when no node holds some partitions
@@ -167,7 +169,7 @@ class ExperimentConfig:
         positive = ("num-tasks", "rounds-per-task", "local-epochs", "batch-size", "alpha")
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
-        positive += ("round-timeout", "torch-threads", "prototype-lr")
+        positive += ("round-timeout", "torch-threads", "prototype-lr", "min-train-clients")
         positive += ("pilora-prototype-lr", "pilora-lora-lr")
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
@@ -190,11 +192,12 @@ class ExperimentConfig:
             raise ConfigError(
                 f"run config key 'tb-max': must be >= tb-min ({self.tb_min}), got {self.tb_max}"
             )
-        if not 0 < self.min_fit_fraction <= 1:
-            raise ConfigError(
-                "run config key 'min-fit-fraction': must be in (0, 1], "
-                f"got {self.min_fit_fraction!r}"
-            )
+        for key in ("min-fit-fraction", "fraction-train"):
+            if not 0 < getattr(self, _attribute(key)) <= 1:
+                raise ConfigError(
+                    f"run config key '{key}': must be in (0, 1], "
+                    f"got {getattr(self, _attribute(key))!r}"
+                )
 
     def _check_combinations(self) -> None:
         """Keys that depend on other keys, the data source, and the robust merge."""

@@ -8,9 +8,11 @@ import time
 from logging import INFO, WARNING
 from pathlib import Path
 
+import numpy as np
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from multifcl.client_sampling import ClientSampler, never_sampled_classes
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
 from multifcl.evaluation import evaluate_seen_tasks
@@ -90,6 +92,10 @@ class _TaskLoop:
     ) -> None:
         self.grid = FederationGrid(grid, federation)  # only the nodes that passed the handshake
         self.config, self.run_dir, self.experiment = config, run_dir, experiment
+        self.federation = federation
+        self.sampler = ClientSampler(
+            federation.partitions, config.fraction_train, config.min_train_clients, config.seed
+        )
         self.num_tasks = experiment.data.stream.num_tasks
         self.round_log = _RoundLog(run_dir, rounds_logged, self.num_tasks, config)
         self.rounds = RoundRunner(
@@ -100,12 +106,15 @@ class _TaskLoop:
             max_round_retries=config.max_round_retries,
             num_clients=len(federation.partitions),
             on_round=self.round_log.append,
+            sampler=self.sampler,
         )
 
     def train_rounds(self, checkpoint: Checkpoint, task: Task) -> Checkpoint:
         """The task's rounds not yet done, each checkpointed; the checkpoint after the last."""
         config, run_dir = self.config, self.run_dir
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
+        if first_round <= config.rounds_per_task:
+            self._warn_never_sampled(task)
         for server_round in range(first_round, config.rounds_per_task + 1):
             last_round = task.index == self.num_tasks - 1 and server_round == config.rounds_per_task
             keep_client_states = config.save_task_checkpoints and last_round
@@ -130,6 +139,30 @@ class _TaskLoop:
             )
             checkpoint.save(run_dir.path)
         return checkpoint
+
+    def _warn_never_sampled(self, task: Task) -> None:
+        """One warning line naming the task's classes whose holders no round samples."""
+        if self.sampler.samples_all:
+            return
+        data, config = self.experiment.data, self.config
+        parts = data.client_parts(task, self.federation.num_partitions)
+        holdings = {
+            p: set(np.unique(data.stream.train_labels[parts[p]]).tolist())
+            for p in self.federation.partitions.values()
+        }
+        missed = never_sampled_classes(self.sampler, task.index, config.rounds_per_task, holdings)
+        if missed:
+            log(
+                WARNING,
+                "multifcl: task %d: no client holding class %s is sampled in any of its %d "
+                "rounds (fraction-train=%g, min-train-clients=%d); their rows keep their "
+                "earlier values and evaluation still scores them",
+                task.index + 1,
+                ", ".join(repr(data.stream.class_names[c]) for c in missed),
+                config.rounds_per_task,
+                config.fraction_train,
+                config.min_train_clients,
+            )
 
     def evaluate(
         self, checkpoint: Checkpoint, task: Task, started: float
@@ -184,7 +217,7 @@ def _start_or_resume(
         run_dir = RunDirectory(folder, config.logger, resume=True)
     else:
         run_dir = RunDirectory(folder, config.logger, run_id=run_id)  # refuses another run's
-    _check_expected_clients(config, _wait_for_nodes(grid))
+    _check_federation_size(config, _wait_for_nodes(grid))
     experiment = load_experiment(config)
     federation = handshake(
         grid, experiment.data.fingerprint, config.round_timeout, config.allow_missing_partitions
@@ -284,8 +317,14 @@ def _warn(line: str) -> None:
     log(WARNING, "%s", line)
 
 
-def _check_expected_clients(config: ExperimentConfig, num_clients: int) -> None:
-    """A one-line ConfigError when the federation is not the size the config asks for."""
+def _check_federation_size(config: ExperimentConfig, num_clients: int) -> None:
+    """A one-line ConfigError when the federation is not the size the config asks for, or
+    smaller than a round's `min-train-clients`."""
+    if config.min_train_clients > num_clients:
+        raise ConfigError(
+            f"run config key 'min-train-clients': {config.min_train_clients} is more than "
+            f"the federation's {num_clients} clients"
+        )
     if config.expected_clients and num_clients != config.expected_clients:
         raise ConfigError(
             f"run config key 'expected-clients': this config expects {config.expected_clients} "

@@ -15,6 +15,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from multifcl.client_sampling import ClientSampler, sampled_label
 from multifcl.data import Task, TaskStream
 from multifcl.methods import ClientUpdate, Method, State
 from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
@@ -56,7 +57,9 @@ class _Attempt:
     server_round: int
     number: int  # 1 for the first attempt, 2 for the first retry, ...
     state: State  # the global state as the clients received it
-    nodes: list[int]
+    nodes: list[int]  # the connected nodes the round is sent to
+    clients: int  # how many clients the round is for (the sampled ones, connected or not)
+    sampled: str = ""  # the sampled partition ids, as rounds.csv records them
     started: float = field(default_factory=time.perf_counter)
     bytes_down: int = 0
     destinations: dict[str, int] = field(default_factory=dict)  # message id -> node
@@ -77,7 +80,8 @@ class _Replies:
 
 
 class RoundRunner:
-    """Sends the global state and {task, round} to every node; merges with `method.merge`.
+    """Sends the global state and {task, round} to the round's sampled nodes (every node
+    without a `sampler`); merges with `method.merge`. Unsampled nodes get no message.
 
     It holds only settings; `train_round` runs one round as one call. A client that returns
     an error, does not answer within `round_timeout`, or sends a reply that cannot be
@@ -94,13 +98,16 @@ class RoundRunner:
     round_timeout : float
         Seconds to wait for the replies of one attempt of a round (also the messages' ttl).
     min_fit_fraction : float
-        The share (0, 1] of the clients whose usable updates a round needs to be merged
-        (rounded up, at least one).
+        The share (0, 1] of the round's clients (the sampled ones) whose usable updates a
+        round needs to be merged (rounded up, at least one).
     max_round_retries : int
         How often `train_round` re-sends a round that got too few usable updates.
     num_clients : int
         The run's number of clients (0: the nodes each round is sent to). Nodes that have
         dropped out of the grid since the run started count as failed clients.
+    sampler : ClientSampler, optional
+        Draws each round's clients (the same for every attempt of the round); a sampled
+        node that has left the grid counts as a failed client. None: every node.
     on_round : callable, optional
         Called with a `RoundRecord` (bytes each way, seconds, loss, failures) after each
         attempt of a round, merged or not, as soon as it is judged.
@@ -115,6 +122,7 @@ class RoundRunner:
         max_round_retries: int = 2,
         num_clients: int = 0,
         on_round: Callable[[RoundRecord], None] | None = None,
+        sampler: ClientSampler | None = None,
     ) -> None:
         self.method = method
         self.stream = stream
@@ -123,6 +131,7 @@ class RoundRunner:
         self.max_round_retries = max_round_retries
         self.num_clients = num_clients
         self.on_round = on_round
+        self.sampler = sampler
 
     def train_round(
         self,
@@ -140,7 +149,7 @@ class RoundRunner:
         attempts = self.max_round_retries + 1
         records: list[RoundRecord] = []
         for number in range(1, attempts + 1):
-            attempt = _Attempt(task, server_round, number, sent_state, sorted(grid.get_node_ids()))
+            attempt = self._attempt(grid, task, server_round, number, sent_state)
             replies = self._send(grid, arrays, attempt)
             sorted_out = self._sort_out(attempt, replies)
             usable = sorted_out.in_merge_order()
@@ -155,6 +164,19 @@ class RoundRunner:
             if number < attempts:
                 log(WARNING, "%s; retrying (attempt %d of %d)", failure, number + 1, attempts)
         raise RoundFailed(f"{failure}; gave up after {attempts} attempt(s)")
+
+    def _attempt(
+        self, grid: Grid, task: Task, server_round: int, number: int, state: State
+    ) -> _Attempt:
+        """An attempt of the round, for its sampled nodes that are connected now."""
+        connected = sorted(grid.get_node_ids())
+        if self.sampler is None:
+            clients = max(len(connected), self.num_clients)
+            return _Attempt(task, server_round, number, state, connected, clients)
+        sampled = self.sampler.node_ids(task.index, server_round)
+        nodes = sorted(set(connected) & set(sampled))
+        label = sampled_label(self.sampler.partition_ids(task.index, server_round))
+        return _Attempt(task, server_round, number, state, nodes, len(sampled), label)
 
     def _send(self, grid: Grid, arrays: ArrayRecord, attempt: _Attempt) -> Iterable[Message]:
         """Send the round to every node of the attempt; the replies within `round_timeout`.
@@ -217,10 +239,10 @@ class RoundRunner:
         """The attempt's record, and why it cannot be merged (None: it can), logging each
         failed client."""
         failed = {str(node): _one_line(why) for node, why in sorted(sorted_out.failed.items())}
-        clients = max(len(attempt.nodes), self.num_clients)
+        clients = attempt.clients
         missing = clients - len(attempt.nodes)
         if missing:
-            failed["not connected"] = f"{missing} of the run's {clients} clients"
+            failed["not connected"] = f"{missing} of the round's {clients} clients"
         task_number, server_round = attempt.task.index + 1, attempt.server_round
         for who, reason in failed.items():
             log(WARNING, "task %d round %d: %s: %s", task_number, server_round, who, reason)
@@ -292,6 +314,7 @@ def _round_record(attempt: _Attempt, updates: list[ClientUpdate], bytes_up: int)
         client_seconds=round(sum(client_seconds), 3) if client_seconds else None,
         client_peak_rss_mb=round(max(peaks), 1) if peaks else None,
         attempt=attempt.number,
+        sampled_clients=attempt.sampled,
     )
 
 

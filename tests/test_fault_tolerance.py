@@ -126,7 +126,7 @@ def test_a_node_that_left_the_grid_counts_as_a_failed_client(tiny_config, tmp_pa
     rows = rows_of(config)
     assert [(r["clients"], r["failures"], r["failed_clients"]) for r in rows] == [
         ("3", "0", ""),
-        ("2", "1", "not connected: 1 of the run's 3 clients"),
+        ("2", "1", "not connected: 1 of the round's 3 clients"),
     ]
 
 

@@ -26,6 +26,7 @@ class RoundRecord:
     attempt: int = 1  # 1 for the first try; a retried round has one row per attempt
     merged: bool = True  # False: too few usable replies, the attempt was discarded
     failed_clients: str = ""  # "node-id: reason; ..." for errors, timeouts and rejected updates
+    sampled_clients: str = ""  # the round's sampled partition ids, "0;3;4" (stable across runs)
 
     @classmethod
     def columns(cls) -> list[str]:
