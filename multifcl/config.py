@@ -35,6 +35,8 @@ PRECISIONS = ("fp32", "bf16")
 TRANSMIT_DTYPES = ("float32", "float16")
 EVAL_CANONICALIZATIONS = ("none", "equizero")
 ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
+AUGMENTS = ("none", "standard")
+FORCE_CACHE = "force"  # `cache-features`: keep caching frozen-encoder features under `augment`
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,10 @@ class ExperimentConfig:
     device: str = "auto"
     torch_threads: int = 1  # CPU threads per process (client or server); results depend on it
     image_size: int = 0  # 0: the backbone's own input size
+    augment: str = "none"  # "standard": PILOT's random resized crop and flip while training
     # Performance (README "Performance"): none of these changes results, except bf16/float16
     precision: str = "fp32"  # "bf16": backbone passes under bf16 autocast
-    cache_features: bool = True  # frozen encoder: one backbone pass per sample per task
+    cache_features: bool | str = True  # frozen encoder: one pass per sample per task; "force"
     feature_cache_mb: int = 4096  # cached features kept in memory per process; more spill to disk
     transmit_dtype: str = "float32"  # float arrays of client uploads on the wire
     # MultiFCL (NeurIPS 2025); ignored by the other methods
@@ -163,6 +166,12 @@ class ExperimentConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("transmit-dtype", self.transmit_dtype, TRANSMIT_DTYPES)
         _check_choice("eval-canonicalize", self.eval_canonicalize, EVAL_CANONICALIZATIONS)
+        _check_choice("augment", self.augment, AUGMENTS)
+        if isinstance(self.cache_features, str) and self.cache_features != FORCE_CACHE:
+            raise ConfigError(
+                "run config key 'cache-features': expected true, false or "
+                f"{FORCE_CACHE!r}, got {self.cache_features!r}"
+            )
 
     def _check_ranges(self) -> None:
         """Numbers that must be positive, not negative, or within a range."""
@@ -346,6 +355,12 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
     if type_name == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"run config key '{key}': expected true or false, got {value!r}")
+        return value
+    if type_name == "bool | str":  # a switch or a named mode, checked by the config itself
+        if not isinstance(value, (bool, str)):
+            raise ConfigError(
+                f"run config key '{key}': expected true, false or a name, got {value!r}"
+            )
         return value
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
