@@ -17,6 +17,7 @@ from torch import nn
 from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
 from multifcl.data import InMemoryImages, Task
+from multifcl.data.augmentation import TrainAugmentation
 from multifcl.heads.etf import ETFHead, ETFObjective, mean_pairwise_class_mean_cosine
 from multifcl.methods.base import (
     CLASS_MEAN_COSINE,
@@ -124,6 +125,7 @@ class FinetuneMethod(Method):
         steps = -(-len(data) // self.config.batch_size)
         training = LocalTraining(self.config, self.model, steps)
         generator = torch.Generator().manual_seed(seed)
+        augment = TrainAugmentation(self.config.augment, self.backbone.image_size, seed)
         seen = task.seen_classes.stop
         total_loss, total_seen = 0.0, 0
         self.model.head.train()  # an ETF's BatchNorm map uses batch statistics while training
@@ -131,7 +133,7 @@ class FinetuneMethod(Method):
             for _ in range(self.config.local_epochs):
                 training.start_epoch()
                 for images, labels in batches(data, self.config.batch_size, generator):
-                    pixels = self.backbone.preprocess(images)
+                    pixels = self.backbone.preprocess(augment(images, self.backbone.device))
                     labels = labels.to(pixels.device)
                     total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
                     total_seen += len(labels)

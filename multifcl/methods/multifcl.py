@@ -23,8 +23,9 @@ from multifcl.adapters import NO_ADAPTERS, AdapterPolicy, build_adapters
 from multifcl.adapters.state import ADAPTER_PREFIX, ADAPTER_ROUNDS, AdapterSets
 from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
-from multifcl.config import ExperimentConfig
+from multifcl.config import FORCE_CACHE, ExperimentConfig
 from multifcl.data import InMemoryImages, Task
+from multifcl.data.augmentation import TrainAugmentation
 from multifcl.features import (
     FeatureKey,
     FeatureSplit,
@@ -208,6 +209,7 @@ class MultiFCLMethod(Method):
         module = self.adapters.trainable_module(client.training_set)
         training = LocalTraining(config, module, steps, extra=experts.trained, extra_lr=experts.lr)
         generator = torch.Generator().manual_seed(client.seed)
+        augment = TrainAugmentation(config.augment, self.encoder.image_size, client.seed)
         seen = client.task.seen_classes.stop
         total, count = 0.0, 0
         for _ in range(config.local_epochs):
@@ -216,10 +218,7 @@ class MultiFCLMethod(Method):
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), config.batch_size):
                 index = order[start : start + config.batch_size]
-                if client.training_set is None:  # frozen encoder: reuse the features
-                    inputs = [f[index.to(f.device)] for f in client.features]
-                else:
-                    inputs = self.encoder.preprocess(data.images[index])
+                inputs = self._batch_inputs(client, index, augment)
                 target = client.labels[index].to(self.encoder.device)
                 loss = training.step(self._loss, inputs, target, seen, experts.final_only)
                 total += loss * len(index)
@@ -229,6 +228,20 @@ class MultiFCLMethod(Method):
         for value in adapter_parameters + experts.trained:
             value.requires_grad_(False)
         return total / max(count, 1), training.seconds_per_step
+
+    def _batch_inputs(self, client: ClientRound, index: torch.Tensor, augment: TrainAugmentation):
+        """What one step reads: pixels when an adapter set trains; with the encoder frozen,
+        the round's features, or (under `augment`, unless `cache-features = "force"`) the
+        features of this epoch's augmented pixels."""
+        reuse = not augment.enabled or self.config.cache_features == FORCE_CACHE
+        if client.training_set is None and reuse:
+            return [f[index.to(f.device)] for f in client.features]
+        images = augment(client.data.images[index], self.encoder.device)
+        pixels = self.encoder.preprocess(images)
+        if client.training_set is not None:
+            return pixels
+        with torch.no_grad():
+            return self.expert_features(pixels)
 
     def _loss(
         self, inputs, target: torch.Tensor, seen: int, final_only: bool = False

@@ -69,6 +69,7 @@ from torch import nn
 from multifcl.adapters import LoraAdapters, set_name
 from multifcl.aggregation import merge_class_rows, weighted_average
 from multifcl.data import InMemoryImages, Task
+from multifcl.data.augmentation import TrainAugmentation
 from multifcl.features import FeatureSplit, encoder_fingerprint
 from multifcl.losses.orthogonality import orthogonality_loss
 from multifcl.methods.base import SECONDS_PER_STEP, ClientUpdate, Method, State, UpdateLayout
@@ -239,6 +240,7 @@ class PiLoRAMethod(Method):
         feature_sums = torch.zeros(len(rows), prototypes.shape[1], device=device)
         feature_counts = torch.zeros(len(rows), device=device)
         generator = torch.Generator().manual_seed(seed)
+        augment = TrainAugmentation(config.augment, self.encoder.image_size, seed)
         total, count, seconds, steps = 0.0, 0, 0.0, 0
         for _ in range(config.local_epochs):
             order = torch.randperm(len(data), generator=generator)
@@ -247,7 +249,8 @@ class PiLoRAMethod(Method):
                 target = labels[index].to(device)
                 started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
-                features = self.encoder(self.encoder.preprocess(data.images[index]))
+                images = augment(data.images[index], device)
+                features = self.encoder(self.encoder.preprocess(images))
                 every_row = torch.cat(
                     [prototypes[: rows.start], trained_rows, prototypes[rows.stop :]]
                 )
