@@ -110,6 +110,14 @@ def test_a_missing_image_fails_at_start_naming_the_key_and_file_line(pool, tmp_p
     )
 
 
+def test_an_image_in_both_train_txt_and_test_txt_is_named(pool, tmp_path):
+    write(tmp_path / "published" / "train.txt", ["cat/000.png 0", "dog/000.png 1"])
+    test_file = write(tmp_path / "published" / "test.txt", ["dog/000.png 1"])
+    config = imagefolder(pool, tmp_path / "published")
+    message = one_line_error(DataError, lambda: load_splits(config, 12))
+    assert message.startswith(f"run config key 'split-file': {test_file}:1: 'dog/000.png' is ")
+
+
 def test_a_split_without_test_images_is_refused(pool, tmp_path):
     split_file = write(tmp_path / "split.txt", ["cat/000.png train", "dog/000.png train"])
     message = one_line_error(DataError, lambda: load_splits(imagefolder(pool, split_file), 12))

@@ -48,14 +48,23 @@ class SplitSelection:
 def read_split_lines(location: Path) -> list[SplitLine]:
     """The lines of the split file (or of the folder's train.txt and test.txt)."""
     if location.is_dir():
-        return [
+        lines = [
             line
             for word in SPLIT_WORDS
             for line in _parse(location / f"{word}.txt", word == "train")
         ]
-    if not location.is_file():
+    elif location.is_file():
+        lines = _parse(location, None)
+    else:
         raise DataError(f"{KEY}: {str(location)!r} is neither a file nor a folder")
-    return _parse(location, None)
+    seen: dict[str, str] = {}
+    for line in lines:  # in both files, or twice in one: an image must be on one side
+        if line.path in seen:
+            raise DataError(
+                f"{KEY}: {line.where}: {line.path!r} is listed again (first at {seen[line.path]})"
+            )
+        seen[line.path] = line.where
+    return lines
 
 
 def select_split(location: Path, root: Path, class_names: list[str]) -> SplitSelection:
@@ -88,19 +97,10 @@ def _parse(split_file: Path, is_train: bool | None) -> list[SplitLine]:
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{KEY}: cannot read {str(split_file)!r}: {error}") from None
     lines: list[SplitLine] = []
-    seen: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         fields = raw.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{split_file}:{number}"
-        line = _parse_line(fields, is_train, where)
-        if line.path in seen:
-            raise DataError(
-                f"{KEY}: {where}: {line.path!r} is listed again (first at {seen[line.path]})"
-            )
-        seen[line.path] = where
-        lines.append(line)
+        if fields and not fields[0].startswith("#"):
+            lines.append(_parse_line(fields, is_train, f"{split_file}:{number}"))
     return lines
 
 
