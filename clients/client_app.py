@@ -28,6 +28,7 @@ from protocol.messages import (
 )
 
 app = ClientApp()
+PER_MACHINE_KEYS = ("data-root", "split-file")  # paths that may differ from machine to machine
 
 
 @lru_cache(maxsize=4)
@@ -37,11 +38,13 @@ def _parse_config(run_config: tuple) -> ExperimentConfig:
 
 
 def _this_machines_run_config(context: Context) -> tuple:
-    """The run config, with `data-root` from this SuperNode's `--node-config` when it sets one,
-    so that every client machine reads its own copy of the data set."""
+    """The run config, with `data-root` and `split-file` from this SuperNode's `--node-config`
+    where it sets them, so that every client machine reads its own copy of the data set (the
+    handshake checks that the copies agree)."""
     run_config = dict(context.run_config)
-    if "data-root" in context.node_config:
-        run_config["data-root"] = context.node_config["data-root"]
+    for key in PER_MACHINE_KEYS:
+        if key in context.node_config:
+            run_config[key] = context.node_config[key]
     return tuple(sorted(run_config.items()))
 
 

@@ -37,6 +37,7 @@ EVAL_CANONICALIZATIONS = ("none", "equizero")
 ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
 AUGMENTS = ("none", "standard")
 FORCE_CACHE = "force"  # `cache-features`: keep caching frozen-encoder features under `augment`
+SPLIT_FILE_DATASETS = ("imagefolder", "imagenet-r")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ExperimentConfig:
     method: str = "prototypes"
     dataset: str = "digits"
     data_root: Path | None = None
+    split_file: Path | None = None  # a published train/test split (imagefolder, imagenet-r)
     backbone: str = "vit-tiny"
     num_tasks: int = 5
     class_order_seed: int = 1993
@@ -233,10 +235,12 @@ class ExperimentConfig:
         if self.dataset == "imagefolder" and self.data_root is None:
             raise ConfigError(
                 "run config key 'data-root': dataset 'imagefolder' needs a folder with "
-                "train/<class>/* and test/<class>/*"
+                "train/<class>/* and test/<class>/* (or <class>/* and a split-file)"
             )
         if self.data_root is not None and self.dataset == "imagefolder":
             _check_folder("data-root", self.data_root)
+        if self.split_file is not None:
+            self._check_split_file()
         _check_choice("robust-merge", self.robust_merge, ROBUST_MERGES)
         if (
             self.method == "pilora"
@@ -261,6 +265,17 @@ class ExperimentConfig:
             ratio = getattr(self, _attribute(key))
             if ratio != 0 and not ratio > 1:
                 raise ConfigError(f"run config key '{key}': must be > 1 (or 0: off), got {ratio!r}")
+
+    def _check_split_file(self) -> None:
+        if self.dataset not in SPLIT_FILE_DATASETS:
+            raise ConfigError(
+                f"run config key 'split-file': dataset {self.dataset!r} has its own split; "
+                f"a split file applies to {', '.join(SPLIT_FILE_DATASETS)}"
+            )
+        if not self.split_file.exists():
+            raise ConfigError(
+                f"run config key 'split-file': {str(self.split_file)!r} does not exist"
+            )
 
     def _check_pilora_plugins(self) -> None:
         """PiLoRA trains as its official code does: Adam at its own rates and schedule, and

@@ -110,6 +110,28 @@ def test_a_data_copy_with_a_renamed_class_folder_is_refused(tiny_config, tmp_pat
     )
 
 
+def test_a_node_with_another_split_file_is_refused(tiny_config, tmp_path):
+    data = make_image_folder(tmp_path / "data") / "train"
+    split_files = []
+    for index, test_file in enumerate(("004.png", "005.png")):
+        lines = [
+            f"{name}/{k:03d}.png train" for name in ("cat", "dog", "emu", "fox") for k in range(4)
+        ]
+        lines += [f"{name}/{test_file} test" for name in ("cat", "dog", "emu", "fox")]
+        split_files.append(tmp_path / f"split-{index}.txt")
+        split_files[-1].write_text("\n".join(lines))
+    config = tiny_config(
+        dataset="imagefolder", data_root=data, split_file=split_files[0], rounds_per_task=1
+    )
+    node_configs = nodes(0, 1)
+    node_configs[1]["split-file"] = str(split_files[1])  # this machine's own split file
+    line = refusal(grid_with(config, node_configs), config, tmp_path)
+    assert line.startswith(
+        "node 1001 (partition-id=1): its data differs from the server's: another split-file "
+        "split (digest "
+    )
+
+
 def test_fingerprints_match_equal_copies_and_tell_what_differs(tmp_path):
     copies = [make_image_folder(tmp_path / name) for name in ("a", "b", "c", "d")]
     with open(copies[2] / "train" / "dog" / "000.png", "ab") as grown:

@@ -29,8 +29,9 @@ class FederatedStream:
 
     @cached_property
     def fingerprint(self) -> DataFingerprint:
-        """The train split's fingerprint (class names, sample count, digest), computed once."""
-        return split_fingerprint(self.splits.train, self.splits.class_names)
+        """The train split's fingerprint (class names, sample count, digests), computed once."""
+        splits = self.splits
+        return split_fingerprint(splits.train, splits.class_names, splits.split_digest)
 
     def client_parts(self, task: Task, num_clients: int) -> list[np.ndarray]:
         """Indices into the train split held by each client in `task` (raises if one is empty)."""

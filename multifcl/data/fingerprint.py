@@ -7,6 +7,8 @@ in the same order, the same number of samples, and the same content digest:
 - images in memory (`synthetic`, `digits`): the digest of the exact pixels and labels;
 - anything else (decoded caches of the Hub and archive sets): the digest of the labels
   (the pixel cache is keyed by the source files' names and sizes already).
+A `split-file` adds the digest of the split it chose (every listed path and its split), so
+nodes with other split files differ even where the train images agree.
 """
 
 from __future__ import annotations
@@ -20,23 +22,32 @@ from multifcl.data.decoded_cache import fingerprint
 from multifcl.data.images import InMemoryImages, LabelledImages
 
 MAX_NAMES_SHOWN = 4  # class names quoted either side of a difference
+SPLIT_RECORD_KEY = "split-digest"
 
 
 @dataclass(frozen=True)
 class DataFingerprint:
-    """The class names in label order, the sample count and a content digest of a split."""
+    """The class names in label order, the sample count and a content digest of a split,
+    and the digest of the `split-file` split ("" without one)."""
 
     classes: tuple[str, ...]
     samples: int
     digest: str
+    split: str = ""
 
     def as_record(self) -> dict:
         """The flat form sent in a handshake reply (a ConfigRecord's values)."""
-        return {"classes": list(self.classes), "samples": self.samples, "digest": self.digest}
+        return {
+            "classes": list(self.classes),
+            "samples": self.samples,
+            "digest": self.digest,
+            SPLIT_RECORD_KEY: self.split,
+        }
 
     @classmethod
     def from_record(cls, record) -> DataFingerprint:
-        return cls(tuple(record["classes"]), int(record["samples"]), str(record["digest"]))
+        split = str(record[SPLIT_RECORD_KEY]) if SPLIT_RECORD_KEY in record else ""
+        return cls(tuple(record["classes"]), int(record["samples"]), str(record["digest"]), split)
 
     def difference(self, reference: DataFingerprint) -> str | None:
         """How this copy differs from `reference`, in a few words; None when it does not."""
@@ -54,6 +65,11 @@ class DataFingerprint:
                 f"server has {_names(reference.classes, at)} ({len(self.classes)} vs "
                 f"{len(reference.classes)} classes)"
             )
+        if self.split != reference.split:
+            return (
+                f"another split-file split (digest {self.split or 'none'} where the server has "
+                f"{reference.split or 'none'})"
+            )
         if self.samples != reference.samples:
             return f"{self.samples} training samples where the server has {reference.samples}"
         if self.digest != reference.digest:
@@ -64,8 +80,11 @@ class DataFingerprint:
         return None
 
 
-def split_fingerprint(split: LabelledImages, class_names: list[str]) -> DataFingerprint:
-    """The fingerprint of `split` (whose labels index `class_names`)."""
+def split_fingerprint(
+    split: LabelledImages, class_names: list[str], split_digest: str = ""
+) -> DataFingerprint:
+    """The fingerprint of `split` (whose labels index `class_names`), chosen by the
+    `split-file` split with digest `split_digest` ("" without one)."""
     paths = getattr(split, "paths", None)
     if paths is not None:
         digest = fingerprint(_file_entries(paths, split.labels))
@@ -73,7 +92,7 @@ def split_fingerprint(split: LabelledImages, class_names: list[str]) -> DataFing
         digest = split.fingerprint[:16]
     else:
         digest = fingerprint([np.ascontiguousarray(split.labels, dtype=np.int64).tobytes().hex()])
-    return DataFingerprint(tuple(class_names), len(split.labels), digest)
+    return DataFingerprint(tuple(class_names), len(split.labels), digest, split_digest)
 
 
 def _file_entries(paths: list[Path], labels: np.ndarray):

@@ -3,7 +3,8 @@
 `data-root` is the folder `imagenet-r.tar` extracts to (one folder per WordNet id), or its
 parent. The archive has no train/test split: a fixed, seeded 80/20 split per class is drawn
 on first use and written next to the data (`multifcl-train-test-split.txt`), so every run
-and every client sees the same one; later loads read that file. Images are fitted to the
+and every client sees the same one; later loads read that file. A `split-file` (for
+example the published CODA-Prompt split, see `split_file`) replaces it. Images are fitted to the
 backbone's input size and cached (see `decoded_cache`).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from multifcl.data.decoded_cache import (
     cached_file_splits,
 )
 from multifcl.data.images import DataError, list_class_files
+from multifcl.data.split_file import select_split
 from multifcl.data.splits import DatasetSplits
 
 IMAGENET_R = DatasetArchive(
@@ -50,15 +53,29 @@ def imagenet_r_classes() -> dict[str, str]:
     return {wnid: classes[wnid]["name"] for wnid in sorted(classes)}
 
 
-def load_imagenet_r_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
-    """The 200 classes in WordNet-id order, split 80/20 per class by the split file."""
+def imagenet_r_folder(config: ExperimentConfig) -> tuple[Path, list[str]]:
+    """The folder of the 200 WordNet-id folders (all present), and the ids in sorted order."""
     root = IMAGENET_R.locate(config.data_root)
     classes = imagenet_r_classes()
     IMAGENET_R.require(root, classes)
-    folders = [root / wnid for wnid in classes]
-    paths, labels = list_class_files(folders, "dataset 'imagenet-r': folder")
+    return root, list(classes)
+
+
+def load_imagenet_r_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
+    """The 200 classes in WordNet-id order, split 80/20 per class by the hash split file, or
+    as the `split-file` says."""
+    root, wnids = imagenet_r_folder(config)
+    names = list(imagenet_r_classes().values())
+    if config.split_file is not None:
+        chosen = select_split(config.split_file, root, wnids)
+        splits = cached_file_splits(
+            "imagenet-r", root, chosen.paths, chosen.labels, chosen.is_train, image_size, names
+        )
+        return replace(splits, split_digest=chosen.digest)
+    paths, labels = list_class_files(
+        [root / wnid for wnid in wnids], "dataset 'imagenet-r': folder"
+    )
     is_train = _load_or_draw_split(root, paths, labels)
-    names = list(classes.values())
     return cached_file_splits("imagenet-r", root, paths, labels, is_train, image_size, names)
 
 

@@ -16,7 +16,7 @@ import torch
 from multifcl.config import ExperimentConfig, check_name
 from multifcl.data.cifar100 import load_cifar100_splits
 from multifcl.data.cub200 import CUB200, load_cub200_splits
-from multifcl.data.imagenet_r import IMAGENET_R, load_imagenet_r_splits
+from multifcl.data.imagenet_r import IMAGENET_R, imagenet_r_folder, load_imagenet_r_splits
 from multifcl.data.images import (
     IMAGE_SUFFIXES,
     DataError,
@@ -25,6 +25,7 @@ from multifcl.data.images import (
     class_folder_names,
     list_class_files,
 )
+from multifcl.data.split_file import select_split
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.tiny_imagenet import TINY_IMAGENET, load_tiny_imagenet_splits
 
@@ -87,9 +88,12 @@ def load_synthetic_splits(config: ExperimentConfig, image_size: int) -> DatasetS
 
 
 def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
-    """`data-root/train/<class>/*` and `data-root/test/<class>/*`; class names from folders."""
+    """`data-root/train/<class>/*` and `data-root/test/<class>/*`, or with a `split-file`
+    the images it lists of `data-root/<class>/*`; class names from folders."""
     root = config.data_root  # the config guarantees it for imagefolder
     assert root is not None
+    if config.split_file is not None:
+        return _split_file_image_folder(config.split_file, root, image_size)
     train_classes = _class_folders(root / "train")
     test_classes = _class_folders(root / "test")
     if train_classes != test_classes:
@@ -101,6 +105,20 @@ def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> Datase
         _list_image_files(root / name, train_classes, image_size) for name in ("train", "test")
     ]
     return DatasetSplits(splits[0], splits[1], train_classes)
+
+
+def _split_file_image_folder(split_file: Path, root: Path, image_size: int) -> DatasetSplits:
+    classes = _class_folders(root)
+    chosen = select_split(split_file, root, classes)
+    train, test = np.flatnonzero(chosen.is_train), np.flatnonzero(~chosen.is_train)
+    return DatasetSplits(
+        *[
+            ImageFiles([chosen.paths[i] for i in rows], chosen.labels[rows], image_size)
+            for rows in (train, test)
+        ],
+        classes,
+        split_digest=chosen.digest,
+    )
 
 
 def _class_folders(split_root: Path) -> list[str]:
@@ -117,17 +135,29 @@ def _list_image_files(split_root: Path, class_names: list[str], image_size: int)
     return ImageFiles(*list_class_files(folders, "data-root: class folder"), image_size)
 
 
+def _image_folder(config: ExperimentConfig) -> tuple[Path, list[str]]:
+    assert config.data_root is not None
+    return config.data_root, _class_folders(config.data_root)
+
+
+SPLIT_FILE_FOLDERS = {"imagefolder": _image_folder, "imagenet-r": imagenet_r_folder}
+"""The folder of class folders a `split-file` lists paths in, and its classes in label order."""
+
 ARCHIVES_REQUIRED = {"imagenet-r": IMAGENET_R, "cub200": CUB200}
 ARCHIVES_OPTIONAL = {"tiny-imagenet": TINY_IMAGENET}  # without data-root: the Hub copy
 
 
 def check_data_present(config: ExperimentConfig) -> None:
-    """Fail in one line, before any model is loaded, when an archive data set is missing."""
+    """Fail in one line, before any model is loaded, when an archive data set or an image a
+    `split-file` lists is missing."""
     archive = ARCHIVES_REQUIRED.get(config.dataset)
     if archive is None and config.data_root is not None:
         archive = ARCHIVES_OPTIONAL.get(config.dataset)
     if archive is not None:
         archive.locate(config.data_root)
+    if config.split_file is not None:  # every listed image, checked before any model loads
+        folder, classes = SPLIT_FILE_FOLDERS[config.dataset](config)
+        select_split(config.split_file, folder, classes)
 
 
 SOURCES: dict[str, Source] = {

@@ -9,11 +9,13 @@ from multifcl.data.images import LabelledImages
 
 @dataclass
 class DatasetSplits:
-    """A data set's train and test splits and its human-readable class names."""
+    """A data set's train and test splits, its human-readable class names and, when a
+    `split-file` chose the splits, that split's digest (part of the data's fingerprint)."""
 
     train: LabelledImages
     test: LabelledImages
     class_names: list[str]
+    split_digest: str = ""
 
     @property
     def num_classes(self) -> int:
