@@ -16,7 +16,6 @@ For each run folder (a `multifcl` run of any ablation row), on the test sets of 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,41 +27,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.heads.cosine_prototypes import cosine_logits
-from multifcl.heads.prototype_experts import prototype_key
 from multifcl.results.checkpoints import latest_checkpoint
+from multifcl.results.folder_layout import CONFIG_FILE, PARTITION_FILE, read_json
 
 
 @torch.no_grad()
-def final_features(method, state, images: torch.Tensor) -> torch.Tensor:
-    """The final expert's features of `images` under the state's adapters."""
-    method.adapters.load(state)
-    return method._encode(images)[-1].float().cpu()
-
-
-@torch.no_grad()
-def diagnose(run: Path, num_clients: int) -> dict[str, float]:
-    payload = json.loads((run / "config.json").read_text())
-    config = ExperimentConfig.from_saved_run(payload)
+def diagnose(run: Path) -> dict[str, float]:
+    config = ExperimentConfig.from_saved_run(read_json(run, CONFIG_FILE))
+    num_clients = read_json(run, PARTITION_FILE)["num_clients"]
     experiment = load_experiment(config)
     method, data = experiment.method, experiment.data
     state = latest_checkpoint(run).state
+    split = method.feature_split(state)  # the encoder under the state's adapters
+
+    def final_features(images: torch.Tensor) -> torch.Tensor:
+        return split.encode(images)[-1].float().cpu()
+
     stream = data.stream
     last_task = stream.task(stream.num_tasks - 1)
     seen = last_task.seen_classes.stop
     test = [data.test_set(stream.task(t)) for t in range(stream.num_tasks)]
-    features = torch.cat([final_features(method, state, s.images) for s in test])
+    features = torch.cat([final_features(s.images) for s in test])
     labels = torch.cat([torch.as_tensor(s.labels) for s in test])
     train_features, train_labels = [], []
     for t in range(stream.num_tasks):
         task = stream.task(t)
         for client in range(num_clients):
             part = data.client_train_set(task, client, num_clients)
-            train_features.append(final_features(method, state, part.images))
+            train_features.append(final_features(part.images))
             train_labels.append(torch.as_tensor(part.labels))
     train = torch.cat(train_features)
     train_labels = torch.cat(train_labels)
     means = torch.stack([train[train_labels == c].mean(0) for c in range(seen)])
-    prototypes = torch.from_numpy(state[prototype_key(len(method.taps) - 1)])[:seen].float()
+    prototypes = method.final_prototypes(state)[:seen].float()
     result = {"last": _accuracy(features, labels, prototypes, config.temperature)}
     result["class-mean last"] = _accuracy(features, labels, means, config.temperature)
     old = labels < last_task.classes.start
@@ -81,10 +78,9 @@ def _accuracy(features, labels, rows, temperature) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--clients", type=int, default=2, help="the runs' number of clients")
     args = parser.parse_args()
     for run in args.runs:
-        values = diagnose(run, args.clients)
+        values = diagnose(run)
         print(f"{run.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
 
 
