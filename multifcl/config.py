@@ -217,17 +217,7 @@ class ExperimentConfig:
                 "run config key 'use-self-kd': self-distillation needs several experts; "
                 "set use-experts=true or use-self-kd=false"
             )
-        if (
-            self.method == "multifcl"
-            and self.use_adapters
-            and self.task1_schedule == "two-phase"
-            and self.rounds_per_task < 2
-        ):
-            raise ConfigError(
-                "run config key 'task1-schedule': 'two-phase' trains the adapters alone and "
-                "then the experts on the frozen adapters, so it needs rounds-per-task >= 2, "
-                f"got {self.rounds_per_task}; raise rounds-per-task or set task1-schedule='joint'"
-            )
+        self._check_two_phase()
         if self.max_train_per_class is not None:
             _check_positive("max-train-per-class", self.max_train_per_class)
         if not self.backbone:
@@ -294,6 +284,25 @@ class ExperimentConfig:
                     "pilora-lora-lr (pilora-weight-decay), cosine over each task's rounds; "
                     f"leave {key} at its default {default!r}"
                 )
+
+    def _check_two_phase(self) -> None:
+        """Two phases need two rounds, and every holder in the experts' round: the rows it
+        re-sets to the frozen adapters would otherwise stay stale for unsampled holders."""
+        if not (self.method == "multifcl" and self.use_adapters):
+            return
+        if self.task1_schedule == "two-phase" and self.rounds_per_task < 2:
+            raise ConfigError(
+                "run config key 'task1-schedule': 'two-phase' trains the adapters alone and "
+                "then the experts on the frozen adapters, so it needs rounds-per-task >= 2, "
+                f"got {self.rounds_per_task}; raise rounds-per-task or set task1-schedule='joint'"
+            )
+        if self.task1_schedule == "two-phase" and self.fraction_train < 1:
+            raise ConfigError(
+                "run config key 'fraction-train': multifcl's 'two-phase' task 1 re-sets every "
+                "class's prototypes to the frozen adapters in one round, which unsampled "
+                f"clients would miss (got {self.fraction_train}); use fraction-train=1 or "
+                "task1-schedule='joint'"
+            )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:

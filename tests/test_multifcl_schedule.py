@@ -141,6 +141,7 @@ def test_prototypes_train_at_their_own_rate(tiny_config):
         ({"task1_schedule": "both"}, "'task1-schedule'"),
         ({"prototype_lr": 0.0}, "'prototype-lr': must be > 0"),
         ({"prototype_refine": "mean"}, "'prototype-refine'"),
+        ({"fraction_train": 0.5}, "'fraction-train': multifcl's 'two-phase' .* unsampled"),
     ],
 )
 def test_bad_schedule_inputs_are_one_line(tiny_config, changes, message):
