@@ -33,7 +33,8 @@ from multifcl.results.checkpoints import (
 from multifcl.results.resume import open_resumable_run
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = {  # tests/conftest.py TINY with 3 rounds per task, fine-tuning (SGD with seeds)
+RUN = {  # tests/conftest.py TINY with 3 rounds per task, fine-tuning (SGD with seeds), 2 of 3
+    # clients sampled per round (the draw must survive SIGKILL and resume too)
     "dataset": "synthetic",
     "backbone": "vit-tiny",
     "num-tasks": 2,
@@ -43,6 +44,7 @@ RUN = {  # tests/conftest.py TINY with 3 rounds per task, fine-tuning (SGD with 
     "partition": "dirichlet",
     "beta": 0.5,
     "method": "finetune",
+    "fraction-train": 0.67,
 }
 NODES = 3
 TIMING_COLUMNS = ("seconds", "seconds_per_step", "client_seconds", "client_peak_rss_mb")
@@ -85,6 +87,8 @@ def assert_same_results(folder: Path, reference: Path) -> None:
     assert sorted(state) == sorted(expected_state)
     assert all(np.array_equal(state[k], expected_state[k]) for k in state)
     assert comparable_rows(folder) == comparable_rows(reference)
+    draws = {row["sampled_clients"] for row in comparable_rows(reference)}
+    assert len(draws) > 1 and all(len(d.split(";")) == 2 for d in draws)
 
 
 def test_killed_twice_and_resumed_gives_results_identical_to_an_unbroken_run(reference, tmp_path):
