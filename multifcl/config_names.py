@@ -9,15 +9,16 @@ compare, the ServerApp, `load_experiment`) call `check_names` to refuse a bad na
 from __future__ import annotations
 
 from multifcl.config import ExperimentConfig
-from multifcl.data.sources import data_source
+from multifcl.data.sources import check_task_count, data_source
 from multifcl.equizero import group_transforms
 from multifcl.methods import method_class
 
 
 def check_names(config: ExperimentConfig) -> ExperimentConfig:
-    """`config` when its method, dataset and eval-group are known; else a one-line
-    ConfigError naming the key."""
+    """`config` when its method, dataset and eval-group are known (and `num-tasks` splits a
+    fixed-size data set's classes); else a one-line ConfigError naming the key."""
     method_class(config.method)
     data_source(config.dataset)
+    check_task_count(config)
     group_transforms(config.eval_group)
     return config

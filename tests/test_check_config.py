@@ -60,11 +60,20 @@ def test_commands_refuse_an_unknown_name_in_one_line(command, pair, message, cap
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_commands_refuse_a_task_count_that_cannot_split_the_classes(command, capsys):
+    assert main([command, "-c", "dataset='cifar100' num-tasks=7"]) == 2
+    assert capsys.readouterr().err == (
+        f"multifcl {command}: run config key 'num-tasks': 7 does not divide the 100 classes "
+        "of dataset 'cifar100'\n"
+    )
+
+
 def test_check_config_reads_preset_files_and_pairs_in_order(tmp_path, capsys):
     preset = tmp_path / "preset.toml"
     preset.write_text("method = 'finetune'\nnum-tasks = 3\n")
-    assert main(["check-config", "-c", str(preset), "-c", "num-tasks=4"]) == 0
-    assert capsys.readouterr().out == "ok: finetune on digits with vit-tiny, 4 tasks x 2 rounds\n"
+    assert main(["check-config", "-c", str(preset), "-c", "num-tasks=2"]) == 0
+    assert capsys.readouterr().out == "ok: finetune on digits with vit-tiny, 2 tasks x 2 rounds\n"
     assert main(["check-config", "-c", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml' cannot be read" in capsys.readouterr().err
 

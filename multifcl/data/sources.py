@@ -28,6 +28,7 @@ from multifcl.data.images import (
 from multifcl.data.split_file import select_split
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.tiny_imagenet import TINY_IMAGENET, load_tiny_imagenet_splits
+from multifcl.errors import ConfigError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_TEST_FRACTION = 0.25
@@ -158,6 +159,26 @@ def check_data_present(config: ExperimentConfig) -> None:
     if config.split_file is not None:  # every listed image, checked before any model loads
         folder, classes = SPLIT_FILE_FOLDERS[config.dataset](config)
         select_split(config.split_file, folder, classes)
+
+
+CLASS_COUNTS = {  # the data sets whose class count is fixed, known before any file is read
+    "digits": len(DIGIT_NAMES),
+    "synthetic": SYNTHETIC_CLASSES,
+    "cifar100": 100,
+    "imagenet-r": 200,
+    "tiny-imagenet": 200,
+    "cub200": 200,
+}
+
+
+def check_task_count(config: ExperimentConfig) -> None:
+    """Refuse a `num-tasks` that cannot split a fixed-size data set's classes, at once."""
+    classes = CLASS_COUNTS.get(config.dataset)
+    if classes is not None and classes % config.num_tasks != 0:
+        raise ConfigError(
+            f"run config key 'num-tasks': {config.num_tasks} does not divide the "
+            f"{classes} classes of dataset {config.dataset!r}"
+        )
 
 
 SOURCES: dict[str, Source] = {
