@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
+from multifcl.features import counting_lookups
 from multifcl.metrics.resources import (
     CLIENT_SECONDS,
     PEAK_RSS_MB,
@@ -90,7 +91,9 @@ def train(msg: Message, context: Context) -> Message:
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
     state = record_to_state(msg.content[ARRAYS])
     started = time.perf_counter()
-    update = experiment.method.train_client(state, data, task, seed)
+    with counting_lookups(experiment.method.feature_cache) as lookups:
+        update = experiment.method.train_client(state, data, task, seed)
+    update.metrics.update(lookups)
     update.metrics[CLIENT_SECONDS] = time.perf_counter() - started
     update.metrics[PEAK_RSS_MB] = peak_rss_mb()
     release_cached_gpu_memory(experiment.backbone.device)

@@ -21,7 +21,8 @@ import shutil
 import tempfile
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from multifcl.config import ExperimentConfig
 
 Features = list[torch.Tensor]
 SPILL_FOLDER = "feature-cache"  # under a run's output folder
+CACHE_HITS = "feature-cache-hits"  # a client's lookups answered from a cache, in its reply
+CACHE_MISSES = "feature-cache-misses"  # a client's lookups that ran the encoder
 _CACHE_NUMBERS = itertools.count()  # one spill folder per cache, even within one process
 
 
@@ -147,6 +150,17 @@ def feature_cache_for(config: ExperimentConfig, role: str) -> FeatureCache:
         folder = f"{role}-{os.getpid()}-{next(_CACHE_NUMBERS)}"
         spill = config.output_dir / SPILL_FOLDER / folder
     return FeatureCache(config.feature_cache_mb * 2**20, spill)
+
+
+@contextmanager
+def counting_lookups(cache: FeatureCache | None) -> Iterator[dict[str, int]]:
+    """The lookups `cache` answers inside the block, as reply metrics (`CACHE_HITS`,
+    `CACHE_MISSES`); empty when there is no cache (a method that caches nothing)."""
+    counts: dict[str, int] = {}
+    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    yield counts
+    if cache is not None:
+        counts.update({CACHE_HITS: cache.hits - hits, CACHE_MISSES: cache.misses - misses})
 
 
 def remove_spilled_features(output_dir: Path) -> None:
