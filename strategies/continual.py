@@ -17,10 +17,10 @@ from flwr.serverapp import Grid
 
 from multifcl.client_sampling import ClientSampler, sampled_label
 from multifcl.data import Task, TaskStream
+from multifcl.features import CACHE_HITS, CACHE_MISSES
 from multifcl.methods import ClientUpdate, Method, State
 from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
-from multifcl.features import CACHE_HITS, CACHE_MISSES
 from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
 from multifcl.update_validation import RejectedUpdate, outlier_updates, validate_update
 from protocol.messages import (
