@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
 from multifcl.features import counting_lookups
+from multifcl.features.shared_store import share_features_on_this_machine
 from multifcl.metrics.resources import (
     CLIENT_SECONDS,
     PEAK_RSS_MB,
@@ -90,6 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
     state = record_to_state(msg.content[ARRAYS])
+    share_features_on_this_machine(experiment.method, context.run_id)  # one cache per machine
     started = time.perf_counter()
     with counting_lookups(experiment.method.feature_cache) as lookups:
         update = experiment.method.train_client(state, data, task, seed)
