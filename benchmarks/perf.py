@@ -14,7 +14,9 @@ Prints, each as a median over `--repeats` runs, with ratios measured in the same
 4. Flower/Ray overhead: wall seconds of `flwr run` against the clients' compute seconds
    (every `train_client` call, timed in-process on the same config, and as the clients
    report it in the run's rounds.csv), and the peak RSS of each client (Ray actor)
-   process, with 2 and with 10 clients.
+   process, with 2 and with 10 clients;
+5. our per-client cost at `--many-clients` federation sizes (in-process: server seconds per
+   round beside the clients' own compute, and the cache misses per round).
 
     python benchmarks/perf.py --quick      # about 10 minutes on 2 CPU cores
     python benchmarks/perf.py              # the README's numbers (longer)
@@ -30,6 +32,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -355,6 +358,51 @@ def section_flower(args, report) -> dict:
     return results
 
 
+def section_clients(args, report) -> dict:
+    """Our per-client cost at growing federation sizes: the real server loop and ClientApp
+    over an in-process Grid (no Ray, no SuperLink, so none of Flower's message polling),
+    `prototypes` on digits, one task, `--rounds` rounds. Server seconds per round are the
+    round's wall time less the clients' own compute (rounds.csv `client_seconds`)."""
+    from clients.client_app import train
+    from multifcl.features.shared_store import remove_run_stores
+    from server.continual_loop import run_continual_learning
+    from server.in_process_grid import InProcessGrid
+
+    results = {}
+    for clients in args.many_clients:
+        base = Path(tempfile.mkdtemp(prefix="multifcl-perf-clients-"))
+        config = ExperimentConfig.from_run_config(
+            {
+                "method": "prototypes",
+                "dataset": "digits",
+                "backbone": args.clients_backbone,
+                "num-tasks": 1,
+                "rounds-per-task": args.rounds,
+                "partition": "iid",
+                "device": "cpu",
+                "output-dir": str(base / "run"),
+            }
+        )
+        grid = InProcessGrid(train, config.to_run_config(), clients)
+        with contextlib.redirect_stdout(io.StringIO()):  # the run's summary tables
+            run_continual_learning(grid, config, base)
+        rows = list(csv.DictReader((base / "run" / "rounds.csv").open()))
+        server = [float(r["seconds"]) - float(r["client_seconds"]) for r in rows]
+        client = [float(r["client_seconds"]) for r in rows]
+        misses = [int(r["feature_cache_misses"]) for r in rows]
+        remove_run_stores(next(iter(grid.contexts.values())).run_id)
+        shutil.rmtree(base, ignore_errors=True)
+        results[clients] = {"server-seconds": server, "client-seconds": client, "misses": misses}
+        report(
+            f"## 5. {clients} clients in-process ({args.clients_backbone}, prototypes on "
+            f"digits, {args.rounds} rounds): server s/round (median) "
+            f"{statistics.median(server):.3f}, {1e3 * statistics.median(server) / clients:.2f} "
+            f"ms per client; clients' compute {1e3 * statistics.median(client) / clients:.2f} "
+            f"ms per client per round; cache misses per round {misses}"
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: ~10 min on 2 cores")
@@ -372,7 +420,16 @@ def main() -> None:
     parser.add_argument("--flwr-data-root", type=Path, default=CIFAR10)
     parser.add_argument("--flwr-train-per-class", type=int, default=100)
     parser.add_argument("--flwr-clients", type=int, nargs="*", default=[2, 10])
-    parser.add_argument("--skip", nargs="*", default=[], choices=("caches", "bytes", "flower"))
+    parser.add_argument(
+        "--many-clients",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[2, 10, 100, 400],
+        help="federation sizes of section 5 (our per-client cost), e.g. 2,10,100,400",
+    )
+    parser.add_argument("--clients-backbone", default="vit-tiny")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=("caches", "bytes", "flower", "clients")
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -402,6 +459,8 @@ def main() -> None:
         results["bytes"] = section_bytes(report)
     if "flower" not in args.skip:
         results["flower"] = section_flower(args, report)
+    if "clients" not in args.skip:
+        results["clients"] = section_clients(args, report)
     peak = peak_rss_mb()
     report(
         f"peak RSS of this process {peak:.0f} MB; perf finished in {time.perf_counter() - started:.0f} s"

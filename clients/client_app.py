@@ -10,6 +10,8 @@ from flwr.clientapp import ClientApp
 
 from multifcl.config import ExperimentConfig
 from multifcl.experiment import load_experiment
+from multifcl.features import counting_lookups
+from multifcl.features.shared_store import share_features_on_this_machine
 from multifcl.metrics.resources import (
     CLIENT_SECONDS,
     PEAK_RSS_MB,
@@ -89,8 +91,11 @@ def train(msg: Message, context: Context) -> Message:
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
     state = record_to_state(msg.content[ARRAYS])
+    share_features_on_this_machine(experiment.method, context.run_id)  # one cache per machine
     started = time.perf_counter()
-    update = experiment.method.train_client(state, data, task, seed)
+    with counting_lookups(experiment.method.feature_cache) as lookups:
+        update = experiment.method.train_client(state, data, task, seed)
+    update.metrics.update(lookups)
     update.metrics[CLIENT_SECONDS] = time.perf_counter() - started
     update.metrics[PEAK_RSS_MB] = peak_rss_mb()
     release_cached_gpu_memory(experiment.backbone.device)

@@ -7,6 +7,7 @@ runtime (its start-up costs tens of seconds).
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
@@ -32,9 +33,10 @@ class InProcessGrid(Grid):
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
         self.handler = handler
         self.query = query
+        run_id = secrets.randbits(63)  # random, like Flower's: runs never share a feature store
         self.contexts = {
             1000 + node: Context(
-                run_id=1,
+                run_id=run_id,
                 node_id=1000 + node,
                 node_config={"partition-id": node, "num-partitions": num_nodes},
                 state=RecordDict(),

@@ -31,4 +31,9 @@ def main(grid: Grid, context: Context) -> None:
     from server.ray_actor_pool import replace_dead_actors
 
     replace_dead_actors()  # in simulation the ServerApp shares its process with the actor pool
-    run_continual_learning(grid, config, base_dir=Path.cwd())
+    try:
+        run_continual_learning(grid, config, base_dir=Path.cwd())
+    finally:  # the clients' shared features on this machine (simulation: all of them)
+        from multifcl.features.shared_store import remove_run_stores
+
+        remove_run_stores(context.run_id)

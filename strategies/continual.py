@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from multifcl.client_sampling import ClientSampler, sampled_label
 from multifcl.data import Task, TaskStream
+from multifcl.features import CACHE_HITS, CACHE_MISSES
 from multifcl.methods import ClientUpdate, Method, State
 from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
@@ -313,9 +314,17 @@ def _round_record(attempt: _Attempt, updates: list[ClientUpdate], bytes_up: int)
         prototype_movement=_rounded(movement, 6),
         client_seconds=round(sum(client_seconds), 3) if client_seconds else None,
         client_peak_rss_mb=round(max(peaks), 1) if peaks else None,
+        feature_cache_hits=_summed_count(updates, CACHE_HITS),
+        feature_cache_misses=_summed_count(updates, CACHE_MISSES),
         attempt=attempt.number,
         sampled_clients=attempt.sampled,
     )
+
+
+def _summed_count(updates: list[ClientUpdate], metric: str) -> int | None:
+    """The clients' counts of `metric`, summed; None when no client reported it."""
+    counts = [u.metrics[metric] for u in updates if metric in u.metrics]
+    return int(sum(counts)) if counts else None
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -36,6 +36,20 @@ def task_identity():
     yield
 
 
+@pytest.fixture(scope="session")
+def feature_store_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("feature-store")
+
+
+@pytest.fixture(autouse=True)
+def machine_feature_store(feature_store_root, monkeypatch) -> Path:
+    """Clients share features under the test session's folder, not the system temp dir."""
+    from multifcl.features import shared_store
+
+    monkeypatch.setattr(shared_store, "machine_root", lambda: feature_store_root)
+    return feature_store_root
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> Callable[..., ExperimentConfig]:
     def make(**changes) -> ExperimentConfig:

@@ -1,5 +1,6 @@
 """The client feature cache: same results as without it, one backbone pass per sample per task."""
 
+import csv
 import gc
 
 import numpy as np
@@ -138,6 +139,10 @@ def test_the_client_app_path_uses_the_cache_and_gets_the_same_run(tiny_config, t
         results[cache], _ = run_in_process(config, NUM_CLIENTS, base_dir=tmp_path)
         method = load_experiment(config).method
         assert method.feature_cache.hits == (NUM_CLIENTS * 2 if cache else 0)  # round 2 of 2 tasks
+        rows = list(csv.DictReader((config.output_dir / "rounds.csv").open()))
+        lookups = [(r["feature_cache_hits"], r["feature_cache_misses"]) for r in rows]
+        # each task: round 1 computes every client's features, round 2 reads them back
+        assert lookups == ([("0", "2"), ("2", "0")] * 2 if cache else [("0", "0")] * 4)
     assert results[True]["accuracy_matrix"] == results[False]["accuracy_matrix"]
 
 

@@ -62,3 +62,24 @@ def test_quality_gives_alpha_classes_split_evenly_among_holders():
 def test_a_client_left_without_samples_is_an_error():
     message = one_line_error(DataError, lambda: IidPartition().split(np.arange(3), 5, 1, 0))
     assert "leaves client 3 of 5 with no samples in task 1" in message
+
+
+def test_a_process_splits_each_task_once_however_many_clients_it_serves(tiny_config):
+    from multifcl.data import FederatedStream, load_splits
+
+    config = tiny_config(num_tasks=2)
+    data = FederatedStream(load_splits(config, 32), config)
+    splits = []
+    split = data.partition.split
+    data.partition.split = lambda *args: splits.append(args[2]) or split(*args)
+    for task in data.stream:
+        for _ in range(2):  # twice over more clients than the 8 decoded slices kept
+            for client in range(12):
+                data.client_train_set(task, client, 12)
+    assert splits == [0, 1]  # one split per task, not one per client or call
+    stream = data.stream
+    for task in stream:  # the same parts as a split of its own
+        pool = stream.train_indices(task)
+        parts = IidPartition().split(stream.train_labels[pool], 12, task.index, config.seed)
+        for client, part in enumerate(parts):
+            assert np.array_equal(data.client_indices(task, client, 12), pool[part])

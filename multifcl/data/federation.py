@@ -17,13 +17,15 @@ READ_CHECK_CHUNK = 2048
 
 
 class FederatedStream:
-    """A task stream split among clients; decoded slices are cached per process."""
+    """A task stream split among clients; each task's partition and the decoded slices of the
+    last clients served are cached per process."""
 
     def __init__(self, splits: DatasetSplits, config: ExperimentConfig) -> None:
         self.splits = splits
         self.stream = TaskStream(splits, config)
         self.partition = make_partition(config)
         self.seed = config.seed
+        self.client_parts = lru_cache(maxsize=None)(self._client_parts)  # one per task
         self.client_train_set = lru_cache(maxsize=8)(self._client_train_set)
         self.test_set = lru_cache(maxsize=None)(self._test_set)
 
@@ -33,13 +35,14 @@ class FederatedStream:
         splits = self.splits
         return split_fingerprint(splits.train, splits.class_names, splits.split_digest)
 
-    def client_parts(self, task: Task, num_clients: int) -> list[np.ndarray]:
-        """Indices into the train split held by each client in `task` (raises if one is empty)."""
+    def _client_parts(self, task: Task, num_clients: int) -> tuple[np.ndarray, ...]:
+        """Indices into the train split held by each client in `task` (raises if one is
+        empty); computed once per task and number of clients, then looked up by client."""
         pool = self.stream.train_indices(task)
         labels = self.stream.train_labels[pool]
-        return [
+        return tuple(
             pool[part] for part in self.partition.split(labels, num_clients, task.index, self.seed)
-        ]
+        )
 
     def client_indices(self, task: Task, client: int, num_clients: int) -> np.ndarray:
         """Indices into the train split of the samples `client` holds in `task`."""

@@ -7,7 +7,9 @@ encodes each task's test set once per frozen encoder. An entry is named by a `Fe
 a fingerprint of the exact images and labels, a fingerprint of everything upstream that
 could change the features (backbone, precision, taps, adapter weights), and the task.
 Entries live on the CPU within a memory budget; the least recently used beyond it are
-written to a spill folder and read back when needed. The folder goes with the cache (and
+written to a spill folder and read back when needed. A client's cache may have a second
+level, the run's `SharedFeatureStore` on this machine, which every process of the run
+reads and writes (`share_features_on_this_machine`). The folder goes with the cache (and
 with its process, at exit); what a killed process left is removed when its run starts or
 resumes (`remove_spilled_features`).
 """
@@ -21,9 +23,11 @@ import shutil
 import tempfile
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,8 +35,13 @@ import torch
 from multifcl.backbones.host_transfer import to_device
 from multifcl.config import ExperimentConfig
 
+if TYPE_CHECKING:
+    from multifcl.features.shared_store import SharedFeatureStore
+
 Features = list[torch.Tensor]
 SPILL_FOLDER = "feature-cache"  # under a run's output folder
+CACHE_HITS = "feature-cache-hits"  # a client's lookups answered from a cache, in its reply
+CACHE_MISSES = "feature-cache-misses"  # a client's lookups that ran the encoder
 _CACHE_NUMBERS = itertools.count()  # one spill folder per cache, even within one process
 
 
@@ -75,6 +84,7 @@ class FeatureCache:
         self._temporary: tempfile.TemporaryDirectory | None = None
         self._memory: OrderedDict[FeatureKey, Features] = OrderedDict()
         self._spilled: dict[FeatureKey, Path] = {}
+        self.shared_store: SharedFeatureStore | None = None  # the machine's level below this one
         self.hits = 0
         self.misses = 0
 
@@ -100,8 +110,14 @@ class FeatureCache:
             self.hits += 1
             self._store(key, features)
         else:
-            self.misses += 1
-            features = [tensor.detach().cpu() for tensor in compute()]
+            features = self.shared_store.get(key) if self.shared_store is not None else None
+            if features is not None:
+                self.hits += 1
+            else:
+                self.misses += 1
+                features = [tensor.detach().cpu() for tensor in compute()]
+                if self.shared_store is not None:
+                    self.shared_store.put(key, features)
             self._store(key, features)
         return [to_device(t, device) for t in features] if device is not None else features
 
@@ -111,16 +127,20 @@ class FeatureCache:
             del self._memory[key]
         for key in [key for key in self._spilled if not keep(key)]:
             self._spilled.pop(key).unlink(missing_ok=True)
+        if self.shared_store is not None:
+            self.shared_store.keep_only(keep)
 
     def _store(self, key: FeatureKey, features: Features) -> None:
         self._memory[key] = features
         used = self.bytes_in_memory
         while used > self.memory_bytes and len(self._memory) > 1:
             oldest, spilled = self._memory.popitem(last=False)
+            used -= _nbytes(spilled)
+            if self.shared_store is not None and self.shared_store.holds(oldest):
+                continue  # the machine's store has it: no second copy on disk
             path = self._folder() / f"{oldest.data}-{oldest.encoder}-{oldest.task}.pt"
             torch.save(spilled, path)
             self._spilled[oldest] = path
-            used -= _nbytes(spilled)
 
     def _folder(self) -> Path:
         if self.spill_dir is not None:
@@ -147,6 +167,17 @@ def feature_cache_for(config: ExperimentConfig, role: str) -> FeatureCache:
         folder = f"{role}-{os.getpid()}-{next(_CACHE_NUMBERS)}"
         spill = config.output_dir / SPILL_FOLDER / folder
     return FeatureCache(config.feature_cache_mb * 2**20, spill)
+
+
+@contextmanager
+def counting_lookups(cache: FeatureCache | None) -> Iterator[dict[str, int]]:
+    """The lookups `cache` answers inside the block, as reply metrics (`CACHE_HITS`,
+    `CACHE_MISSES`); empty when there is no cache (a method that caches nothing)."""
+    counts: dict[str, int] = {}
+    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    yield counts
+    if cache is not None:
+        counts.update({CACHE_HITS: cache.hits - hits, CACHE_MISSES: cache.misses - misses})
 
 
 def remove_spilled_features(output_dir: Path) -> None:

@@ -17,7 +17,7 @@ from multifcl.aggregation import MergeRule
 from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
-from multifcl.features import FeatureSplit
+from multifcl.features import FeatureCache, FeatureSplit
 
 State = dict[str, np.ndarray]
 
@@ -60,6 +60,7 @@ class Method(ABC):
     """A federated continual-learning method over a shared, frozen backbone."""
 
     name: ClassVar[str]
+    feature_cache: FeatureCache | None = None  # the clients' training-feature cache, if any
 
     def __init__(
         self, config: ExperimentConfig, backbone: Backbone, class_names: list[str]

@@ -23,6 +23,8 @@ class RoundRecord:
     prototype_movement: float | None = None  # trained prototypes: mean |optimizer step| / |row|
     client_seconds: float | None = None  # sum of the replying clients' training seconds
     client_peak_rss_mb: float | None = None  # largest peak RSS among the replying processes
+    feature_cache_hits: int | None = None  # training-feature lookups a cache answered, summed
+    feature_cache_misses: int | None = None  # training-feature lookups that ran the encoder
     attempt: int = 1  # 1 for the first try; a retried round has one row per attempt
     merged: bool = True  # False: too few usable replies, the attempt was discarded
     failed_clients: str = ""  # "node-id: reason; ..." for errors, timeouts and rejected updates

@@ -25,6 +25,8 @@ ROUND_SCALARS = (
     "prototype_movement",
     "client_seconds",
     "client_peak_rss_mb",
+    "feature_cache_hits",
+    "feature_cache_misses",
 )
 SUMMARY_SCALARS = ("last", "avg", "forgetting", "bwt")
 
