@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multifcl.client_schedule import ClientSchedule
 from multifcl.errors import ConfigError
 
 PARTITIONS = ("dirichlet", "quality", "iid")
@@ -118,6 +119,7 @@ class ExperimentConfig:
     min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
     fraction_train: float = 1.0  # share of the run's clients sampled for each round (Flower's name)
     min_train_clients: int = 1  # each round samples at least this many clients
+    clients_per_task: str = ""  # "10,15,20" or "4+2": only the first k_t clients train task t
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     expected_clients: int = 0  # 0: any federation size; else the run refuses another size
     allow_missing_partitions: bool = False  # true: run when no node holds some partitions
@@ -218,6 +220,7 @@ class ExperimentConfig:
                 "set use-experts=true or use-self-kd=false"
             )
         self._check_two_phase()
+        ClientSchedule.parse(self.clients_per_task, self.num_tasks)  # raises when malformed
         if self.max_train_per_class is not None:
             _check_positive("max-train-per-class", self.max_train_per_class)
         if not self.backbone:

@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from multifcl.client_sampling import ClientSampler, never_sampled_classes
+from multifcl.client_schedule import ClientSchedule
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
 from multifcl.evaluation import evaluate_seen_tasks
@@ -94,7 +95,11 @@ class _TaskLoop:
         self.config, self.run_dir, self.experiment = config, run_dir, experiment
         self.federation = federation
         self.sampler = ClientSampler(
-            federation.partitions, config.fraction_train, config.min_train_clients, config.seed
+            federation.partitions,
+            config.fraction_train,
+            config.min_train_clients,
+            config.seed,
+            experiment.data.schedule,
         )
         self.num_tasks = experiment.data.stream.num_tasks
         self.round_log = _RoundLog(run_dir, rounds_logged, self.num_tasks, config)
@@ -114,6 +119,7 @@ class _TaskLoop:
         config, run_dir = self.config, self.run_dir
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
         if first_round <= config.rounds_per_task:
+            self._log_joiners(task)
             self._warn_never_sampled(task)
         for server_round in range(first_round, config.rounds_per_task + 1):
             last_round = task.index == self.num_tasks - 1 and server_round == config.rounds_per_task
@@ -140,6 +146,22 @@ class _TaskLoop:
             checkpoint.save(run_dir.path)
         return checkpoint
 
+    def _log_joiners(self, task: Task) -> None:
+        """With `clients-per-task`: one line saying which clients take part in the task."""
+        schedule = self.experiment.data.schedule
+        if not schedule.counts:
+            return
+        active = schedule.active(task.index, self.federation.num_partitions)
+        joined = schedule.counts[task.index - 1] if task.index else 0
+        log(
+            INFO,
+            "multifcl: task %d: partition ids 0 to %d take part (clients-per-task=%r)%s",
+            task.index + 1,
+            active - 1,
+            schedule.text,
+            f"; {joined} to {active - 1} join now" if active > joined else "",
+        )
+
     def _warn_never_sampled(self, task: Task) -> None:
         """One warning line naming the task's classes whose holders no round samples."""
         if self.sampler.samples_all:
@@ -148,7 +170,7 @@ class _TaskLoop:
         parts = data.client_parts(task, self.federation.num_partitions)
         holdings = {
             p: set(np.unique(data.stream.train_labels[parts[p]]).tolist())
-            for p in self.federation.partitions.values()
+            for p in self.sampler.taking_part(task.index)
         }
         missed = never_sampled_classes(self.sampler, task.index, config.rounds_per_task, holdings)
         if missed:
@@ -319,7 +341,8 @@ def _warn(line: str) -> None:
 
 def _check_federation_size(config: ExperimentConfig, num_clients: int) -> None:
     """A one-line ConfigError when the federation is not the size the config asks for, or
-    smaller than a round's `min-train-clients`."""
+    smaller than a round's `min-train-clients` or a task's `clients-per-task` (checked
+    against the partitions after the handshake where `allow-missing-partitions`)."""
     if config.min_train_clients > num_clients:
         raise ConfigError(
             f"run config key 'min-train-clients': {config.min_train_clients} is more than "
@@ -330,6 +353,10 @@ def _check_federation_size(config: ExperimentConfig, num_clients: int) -> None:
             f"run config key 'expected-clients': this config expects {config.expected_clients} "
             f"clients, the federation has {num_clients} (in simulation: --federation-config "
             f'"num-supernodes={config.expected_clients}")'
+        )
+    if not config.allow_missing_partitions:  # then every partition has its node
+        ClientSchedule.parse(config.clients_per_task, config.num_tasks).check_federation(
+            num_clients
         )
 
 

@@ -204,6 +204,9 @@ class RoundRunner:
         for reply in replies:
             node = attempt.destinations.get(reply.metadata.reply_to_message_id)
             node = reply.metadata.src_node_id if node is None else node
+            if node not in attempt.nodes:  # not sampled, or not taking part in the task
+                sorted_out.failed[node] = "rejected: a reply from a node this round was not sent to"
+                continue
             if reply.has_error():
                 sorted_out.failed[node] = error_reason(reply)
                 continue

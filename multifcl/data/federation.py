@@ -6,9 +6,10 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
+from multifcl.client_schedule import ClientSchedule
 from multifcl.config import ExperimentConfig
 from multifcl.data.fingerprint import DataFingerprint, split_fingerprint
-from multifcl.data.images import InMemoryImages
+from multifcl.data.images import DataError, InMemoryImages
 from multifcl.data.partitions import make_partition
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
@@ -24,6 +25,7 @@ class FederatedStream:
         self.splits = splits
         self.stream = TaskStream(splits, config)
         self.partition = make_partition(config)
+        self.schedule = ClientSchedule.parse(config.clients_per_task, config.num_tasks)
         self.seed = config.seed
         self.client_parts = lru_cache(maxsize=None)(self._client_parts)  # one per task
         self.client_train_set = lru_cache(maxsize=8)(self._client_train_set)
@@ -36,20 +38,33 @@ class FederatedStream:
         return split_fingerprint(splits.train, splits.class_names, splits.split_digest)
 
     def _client_parts(self, task: Task, num_clients: int) -> tuple[np.ndarray, ...]:
-        """Indices into the train split held by each client in `task` (raises if one is
-        empty); computed once per task and number of clients, then looked up by client."""
+        """Indices into the train split held by each client taking part in `task`: the task's
+        samples split among its first k_t of `num_clients` clients (`clients-per-task`; all
+        of them by default), so none goes to a client that has not joined (raises if a
+        taking-part client would be empty); computed once per task and number of clients,
+        then looked up by client."""
         pool = self.stream.train_indices(task)
         labels = self.stream.train_labels[pool]
+        active = self.schedule.active(task.index, num_clients)
         return tuple(
-            pool[part] for part in self.partition.split(labels, num_clients, task.index, self.seed)
+            pool[part] for part in self.partition.split(labels, active, task.index, self.seed)
         )
 
     def client_indices(self, task: Task, client: int, num_clients: int) -> np.ndarray:
-        """Indices into the train split of the samples `client` holds in `task`."""
-        return self.client_parts(task, num_clients)[client]
+        """Indices into the train split of the samples `client` holds in `task`; a
+        DataError for a client that takes no part in `task`."""
+        parts = self.client_parts(task, num_clients)
+        if client >= len(parts):
+            raise DataError(
+                f"partition-id {client} takes no part in task {task.index + 1}: "
+                f"clients-per-task={self.schedule.text!r} lets only partition ids 0 to "
+                f"{len(parts) - 1} train in it"
+            )
+        return parts[client]
 
     def check_clients(self, num_clients: int) -> None:
-        """Raise before any training if some client would hold no samples in some task."""
+        """Raise before any training if some client would hold no samples in some task it
+        takes part in, or the schedule asks for more than `num_clients` clients."""
         for task in self.stream:
             self.client_parts(task, num_clients)
 
