@@ -52,7 +52,7 @@ def diagnose(run: Path) -> dict[str, float]:
     train_features, train_labels = [], []
     for t in range(stream.num_tasks):
         task = stream.task(t)
-        for client in range(num_clients):
+        for client in range(data.schedule.active(t, num_clients)):  # `clients-per-task`
             part = data.client_train_set(task, client, num_clients)
             train_features.append(final_features(part.images))
             train_labels.append(torch.as_tensor(part.labels))

@@ -220,7 +220,9 @@ class ExperimentConfig:
                 "set use-experts=true or use-self-kd=false"
             )
         self._check_two_phase()
-        ClientSchedule.parse(self.clients_per_task, self.num_tasks)  # raises when malformed
+        schedule = ClientSchedule.parse(self.clients_per_task, self.num_tasks)  # or raises
+        if self.expected_clients:  # the federation's size is known now
+            schedule.check_federation(self.expected_clients)
         if self.max_train_per_class is not None:
             _check_positive("max-train-per-class", self.max_train_per_class)
         if not self.backbone:

@@ -180,3 +180,8 @@ def test_a_resumed_run_with_late_joiners_matches_an_unbroken_one(tiny_config, tm
     for name in ("metrics.json", "partition.json"):
         assert json.loads((folder / name).read_text()) == json.loads((expected / name).read_text())
     assert rows_of(folder) == rows_of(expected)
+
+
+def test_a_schedule_longer_than_expected_clients_fails_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="'30\\+10' asks for 110 clients in task 9, more than"):
+        ExperimentConfig(num_tasks=10, clients_per_task="30+10", expected_clients=100)
