@@ -114,6 +114,9 @@ class ExperimentConfig:
     lwf_temperature: float = 2.0  # distillation temperature
     lwf_lambda: float = 3.0  # weight of the distillation towards the previous task's model
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
+    analytic_projection_dim: int = 1024  # random ReLU features (0: the backbone's features)
+    analytic_ridge: float = 1.0  # ridge lambda of the analytic classifier's solve
+    fedproto_lambda: float = 1.0  # weight of the pull of features to the global prototypes
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
     min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
@@ -183,13 +186,14 @@ class ExperimentConfig:
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
         positive += ("round-timeout", "torch-threads", "prototype-lr", "min-train-clients")
-        positive += ("pilora-prototype-lr", "pilora-lora-lr")
+        positive += ("pilora-prototype-lr", "pilora-lora-lr", "analytic-ridge")
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
         not_negative += ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
         not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
-        not_negative += ("expected-clients", "max-round-retries")
+        not_negative += ("expected-clients", "max-round-retries", "analytic-projection-dim")
+        not_negative += ("fedproto-lambda",)
         for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
                 raise ConfigError(

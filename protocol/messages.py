@@ -1,7 +1,9 @@
 """The message protocol between the server and clients: record names and conversions.
 
 Floating arrays travel as float32, or as float16 in client uploads when
-`transmit-dtype = "float16"`; receivers always get float32 back. Bytes are those Flower
+`transmit-dtype = "float16"`; receivers always get float32 back. float64 arrays travel as
+float64 whatever `transmit-dtype` says: a method keeps exact sums there (the `analytic`
+method's statistics). Bytes are those Flower
 actually serializes: the record's object tree (record, arrays, data chunks), each distinct
 object once.
 """
@@ -24,22 +26,24 @@ PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 
 
 def state_to_record(state: State, float_dtype: str = "float32") -> ArrayRecord:
-    """The arrays as a Flower record; floating arrays cast to `float_dtype` first."""
+    """The arrays as a Flower record; floating arrays cast to `float_dtype` first (but for
+    float64, which stays exact)."""
     wire = np.dtype(float_dtype)
     return ArrayRecord(
         {
-            key: Array(np.ascontiguousarray(value, wire if _is_float(value) else None))
+            key: Array(np.ascontiguousarray(value, wire if _is_rounded(value) else None))
             for key, value in state.items()
         }
     )
 
 
 def record_to_state(record: ArrayRecord) -> State:
-    """The record's arrays; floating arrays as float32, whatever they travelled as."""
+    """The record's arrays; floating arrays as float32, whatever they travelled as (but for
+    float64)."""
     state = {}
     for key, array in record.items():
         value = array.numpy()
-        state[key] = value.astype(np.float32, copy=False) if _is_float(value) else value
+        state[key] = value.astype(np.float32, copy=False) if _is_rounded(value) else value
     return state
 
 
@@ -77,5 +81,7 @@ def content_to_update(content: RecordDict) -> ClientUpdate:
     )
 
 
-def _is_float(value: np.ndarray) -> bool:
-    return np.issubdtype(np.asarray(value).dtype, np.floating)
+def _is_rounded(value: np.ndarray) -> bool:
+    """A floating array that may travel rounded (float16/float32; float64 travels exact)."""
+    dtype = np.asarray(value).dtype
+    return np.issubdtype(dtype, np.floating) and dtype != np.float64

@@ -260,6 +260,8 @@ METHOD_CONFIGS = {
     },
     "pilora": {"method": "pilora"},
     "lwf": {"method": "lwf"},
+    "fedproto": {"method": "fedproto"},
+    "analytic": {"method": "analytic", "analytic_projection_dim": 64},
 }
 
 
@@ -289,7 +291,9 @@ def test_genuine_updates_of_every_method_pass(name, tiny_config):
             validate_update(state, received, task, method)
 
 
-@pytest.mark.parametrize("name", ["prototypes", "multifcl-lora-per-task", "finetune", "pilora"])
+@pytest.mark.parametrize(
+    "name", ["prototypes", "multifcl-lora-per-task", "finetune", "pilora", "analytic"]
+)
 def test_no_genuine_update_is_an_outlier(name, tiny_config):
     """Three Dirichlet clients per task, float16 on the wire, two tasks merged in turn
     (feature rows; rows and LoRA; dense weights. Every entry of METHOD_CONFIGS passed

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig, check_name
+from multifcl.methods.analytic import AnalyticMethod
 from multifcl.methods.base import ClientUpdate, Method, State
+from multifcl.methods.fedproto import FedProtoMethod
 from multifcl.methods.finetune import FinetuneMethod
 from multifcl.methods.lwf import LwFMethod
 from multifcl.methods.multifcl import MultiFCLMethod
@@ -12,7 +14,16 @@ from multifcl.methods.pilora import PiLoRAMethod
 from multifcl.methods.prototypes import PrototypesMethod
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (PrototypesMethod, FinetuneMethod, MultiFCLMethod, PiLoRAMethod, LwFMethod)
+    m.name: m
+    for m in (
+        PrototypesMethod,
+        FinetuneMethod,
+        MultiFCLMethod,
+        PiLoRAMethod,
+        LwFMethod,
+        FedProtoMethod,
+        AnalyticMethod,
+    )
 }
 
 
