@@ -329,3 +329,42 @@ def _worker(run_config: dict, kill: dict | None) -> None:
 
 if __name__ == "__main__":
     _worker(json.loads(sys.argv[1]), json.loads(sys.argv[2]))
+
+
+class _Crash(BaseException):
+    """Stops an in-process run as a crash would (not a client error the server survives)."""
+
+
+@pytest.mark.parametrize(
+    "method, keys",
+    [("analytic", {"analytic-projection-dim": 48}), ("fedproto", {"rounds-per-task": 2})],
+)
+def test_a_run_stopped_mid_task_resumes_exactly_for_each_method(method, keys, tmp_path):
+    """In process (the SIGKILL test above covers `finetune`): stopped in task 2's second
+    round, resumed from its checkpoints, the run ends as one never stopped."""
+    from clients.client_app import train
+    from tests.conftest import run_in_process
+
+    run = {**RUN, "method": method, **keys}
+    reference = ExperimentConfig.from_run_config({**run, "output-dir": str(tmp_path / "a")})
+    run_in_process(reference, NODES)
+
+    def crashing(message, context):
+        config = message.content["config"]
+        if (config["task"], config["round"]) == (1, 2):
+            raise _Crash
+        return train(message, context)
+
+    folder = tmp_path / "b"
+    stopped = ExperimentConfig.from_run_config({**run, "output-dir": str(folder)})
+    with pytest.raises(_Crash):
+        run_in_process(stopped, NODES, handler=crashing)
+    resumed = ExperimentConfig.from_run_config({**run, "resume-from": str(folder)})
+    _, grid = run_in_process(resumed, NODES, base_dir=tmp_path)
+    rounds = {(m.content["config"]["task"], m.content["config"]["round"]) for m in grid.sent}
+    assert min(rounds) == (1, 2)  # from the checkpoint: task 1 and round 1 are not redone
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics == json.loads((tmp_path / "a" / "metrics.json").read_text())
+    state, expected = latest_checkpoint(folder).state, latest_checkpoint(tmp_path / "a").state
+    assert sorted(state) == sorted(expected)
+    assert all(np.array_equal(state[k], expected[k]) for k in state)
