@@ -1,4 +1,5 @@
-"""What travels: float32 records, optional float16 uploads, bytes as Flower serializes them."""
+"""What travels: float32 records, optional float16 uploads, float64 kept exact, bytes as
+Flower serializes them."""
 
 import numpy as np
 from flwr.common.serde import array_record_to_proto
@@ -20,7 +21,8 @@ def upload(transmit_dtype: str):
     arrays = {
         "class-ids": np.arange(10, dtype=np.int64),
         "class-counts": np.full(10, 3, np.float32),
-        "expert-0/prototypes": ROWS.astype(np.float64),  # a float64 slip is cast on the way
+        "expert-0/prototypes": ROWS.astype(np.float32),
+        "gram": ROWS[:3].astype(np.float64),  # exact sums (`analytic`) stay float64
     }
     return update_to_content(ClientUpdate(arrays, 30), transmit_dtype)
 
@@ -32,8 +34,10 @@ def test_floats_travel_as_float32_and_ids_keep_their_type():
         "class-ids": "int64",
         "class-counts": "float32",
         "expert-0/prototypes": "float32",
+        "gram": "float64",
     }
     received = content_to_update(content).arrays
+    np.testing.assert_array_equal(received["gram"], ROWS[:3])
     np.testing.assert_array_equal(received["expert-0/prototypes"], ROWS.astype(np.float32))
     assert received["class-ids"].dtype == np.int64
 
@@ -45,6 +49,7 @@ def test_float16_uploads_halve_the_bytes_and_arrive_as_float32():
     assert received["expert-0/prototypes"].dtype == np.float32
     np.testing.assert_allclose(received["expert-0/prototypes"], ROWS, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(received["class-ids"], np.arange(10))
+    np.testing.assert_array_equal(received["gram"], ROWS[:3])  # float64 is never rounded
     ratio = record_bytes(half[ARRAYS]) / record_bytes(full[ARRAYS])
     assert 0.5 < ratio < 0.65  # the float payload halves; ids, headers and keys do not
 
