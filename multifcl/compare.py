@@ -50,6 +50,11 @@ FEDERATION_DEFAULTS = {"num-supernodes": 2, "client-resources-num-cpus": 1}
 KEY_VALUE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own `-c` syntax
 # keys that do not change a run's results: a finished run is reused whatever they say
 CONFIG_KEYS_NOT_COMPARED = ("output-dir", "logger", "logger-group")
+EXAMPLES = (
+    "multifcl compare --methods prototypes finetune --seeds 0 1 --out runs/first-compare",
+    "multifcl compare --methods configs/ablation/*.toml --seeds 0 --out runs/ablation "
+    "--overrides \"backbone='efficientnet-lite0' logger='wandb'\"",
+)
 
 RunConfig = dict[str, bool | int | float | str]
 

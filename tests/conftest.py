@@ -36,6 +36,15 @@ def task_identity():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_superlink_records(tmp_path_factory):
+    """The SuperLink records of multifcl.superlink_registry go to a temporary folder, not
+    the user's ~/.local/state, in this process and the processes tests start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> Callable[..., ExperimentConfig]:
     def make(**changes) -> ExperimentConfig:
