@@ -52,8 +52,10 @@ KEY_VALUE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own `-c` sy
 CONFIG_KEYS_NOT_COMPARED = ("output-dir", "logger", "logger-group")
 EXAMPLES = (
     "multifcl compare --methods prototypes finetune --seeds 0 1 --out runs/first-compare",
-    "multifcl compare --methods configs/ablation/*.toml --seeds 0 --out runs/ablation "
-    "--overrides \"backbone='efficientnet-lite0' logger='wandb'\"",
+    (
+        "multifcl compare --methods configs/ablation/*.toml --seeds 0 --out runs/ablation "
+        "--overrides \"backbone='efficientnet-lite0' logger='wandb'\""
+    ),
 )
 
 RunConfig = dict[str, bool | int | float | str]

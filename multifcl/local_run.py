@@ -27,8 +27,10 @@ SUMMARY = "flwr run the app on a SuperLink of its own; exit status 0 only when i
 EXAMPLES = (
     "multifcl run",
     "multifcl run -c \"method='multifcl' backbone='efficientnet-lite0'\"",
-    "multifcl run -c configs/paper/cifar100-10tasks-beta0.5-multifcl.toml "
-    '--federation-config "num-supernodes=10 client-resources-num-cpus=1"',
+    (
+        "multifcl run -c configs/paper/cifar100-10tasks-beta0.5-multifcl.toml "
+        '--federation-config "num-supernodes=10 client-resources-num-cpus=1"'
+    ),
 )
 
 

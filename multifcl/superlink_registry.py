@@ -76,7 +76,9 @@ def started_superlinks() -> list[StartedSuperLink]:
         try:
             saved = json.loads(record.read_text())
             owner, home = saved["owner"], Path(saved["home"])
-            alive = owner["start"] is not None and process_start_time(owner["pid"]) == owner["start"]
+            alive = (
+                owner["start"] is not None and process_start_time(owner["pid"]) == owner["start"]
+            )
             found.append(
                 StartedSuperLink(
                     record, home, owner["pid"], alive, saved["owned_home"], superlink_pids(home)

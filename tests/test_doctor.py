@@ -54,7 +54,9 @@ def fake_superlink(tmp_path, home):
     )
     fake.chmod(0o755)
     log_file = f"{home.resolve()}/local-superlink/superlink.log"
-    process = subprocess.Popen([str(fake), "--log-file", log_file], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(fake), "--log-file", log_file], stdout=subprocess.PIPE, text=True
+    )
     return process, int(process.stdout.readline())
 
 
