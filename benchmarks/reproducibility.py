@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from multifcl.results.folder_layout import (  # noqa: E402
+from multifcl.results.folder_layout import (
     CONFIG_FILE,
     METRICS_FILE,
     RunFolderError,
@@ -53,7 +53,8 @@ PROXY_SETTINGS = {
     "max-train-per-class": 200,
 }
 ABLATION = " ".join(
-    f"configs/ablation/{row}.toml" for row in ("1-base", "2-adapter", "3-init", "4-experts", "5-full")
+    f"configs/ablation/{row}.toml"
+    for row in ("1-base", "2-adapter", "3-init", "4-experts", "5-full")
 )
 
 

@@ -41,7 +41,7 @@ def test_a_presets_row_is_filled_from_its_runs_and_kept_on_the_next_call(tmp_pat
     assert cells[3:6] == ["70.50 ± 0.71 / 75.50 ± 0.71 / 16.50 ± 0.71", "0 1", "1 test GPU"]
     assert row_of(record, "cifar100-10tasks-beta0.5-pilora")[3:] == ["", "", "", ""]
     assert len(list(PAPER_DIR.glob("*.toml"))) == sum(
-        line.startswith("| `cifar100") or line.startswith("| `imagenet-r")
+        line.startswith(("| `cifar100", "| `imagenet-r"))
         for line in record.read_text().splitlines()
     )
     assert row_of(record, "compare-5methods/multifcl")[1:] == ["", "", "", ""]
