@@ -1,8 +1,8 @@
 """A progress line in the server log at a steady rate, however long a round takes.
 
 Every `interval` seconds while rounds run, one line says where the run is and when it should
-end: `progress: task 3/10 round 2/5 (running 0:04:10); 12/50 rounds done, elapsed 0:41:00,
-ETA 2:10:00`. The ETA is this process's mean time per round (evaluations between rounds
+end: `progress: task t/T round r/R (running h:mm:ss); n/N rounds done, elapsed h:mm:ss,
+ETA h:mm:ss`. The ETA is this process's mean time per round (evaluations between rounds
 included) times the rounds left; a resumed run counts from where it resumed. A run shorter
 than `interval` logs no such line.
 """
