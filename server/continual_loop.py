@@ -62,7 +62,7 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
     )
     tasks = _TaskLoop(grid, config, run_dir, experiment, federation, checkpoint.rounds_logged)
     metrics: dict | None = None
-    with tasks.progress:  # a progress line with an ETA every minute while rounds run
+    with tasks.progress.periodic:  # a progress line with an ETA every minute while rounds run
         for task in stream:
             if checkpoint.accuracy.tasks_evaluated > task.index:  # before an interruption
                 continue

@@ -9,14 +9,14 @@ than `interval` logs no such line.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from logging import INFO
-from typing import Self
 
 from flwr.common.logger import log
+
+from multifcl.periodic import Periodic
 
 INTERVAL_SECONDS = 60.0
 
@@ -26,8 +26,8 @@ def _clock_text(seconds: float) -> str:
 
 
 class RunProgress:
-    """Where the run is (task, round, rounds done) and a background line every `interval`
-    seconds; use as a context manager, which stops the line."""
+    """Where the run is (task, round, rounds done); `periodic` logs it every `interval`
+    seconds while used as a context manager (`with progress.periodic:`)."""
 
     def __init__(
         self,
@@ -42,16 +42,7 @@ class RunProgress:
         self.done = 0  # rounds finished, the run's earlier processes included
         self._first: tuple[float, int] | None = None  # (time, rounds done) at the first round
         self._round_started, self._in_round = 0.0, False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="multifcl-progress", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.periodic = Periodic(self._log_line, interval, name="multifcl-progress")
 
     def round_started(self, task: int, server_round: int) -> None:
         """Task and round (1-based) of the round starting now."""
@@ -85,7 +76,6 @@ class RunProgress:
             f"{self.done}/{total} rounds done, elapsed {_clock_text(elapsed)}, ETA {eta}"
         )
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self._first is not None:
-                log(INFO, "%s", self.line())
+    def _log_line(self) -> None:
+        if self._first is not None:
+            log(INFO, "%s", self.line())

