@@ -36,7 +36,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Self
@@ -57,6 +56,7 @@ from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.features import FeatureCache
 from multifcl.methods import build_method
 from multifcl.metrics.resources import peak_rss_mb
+from multifcl.periodic import Periodic
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CIFAR10 = APP_DIR.parent / "shared" / "data" / "cifar10-jpg"
@@ -231,22 +231,19 @@ class RssWatcher:
         self.flwr_home = f"FLWR_HOME={flwr_home}".encode()
         self.marker = marker
         self.peaks: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._periodic = Periodic(self._poll, 0.5)
 
     def __enter__(self) -> Self:
-        self._thread.start()
+        self._periodic.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._periodic.__exit__(*exc)
 
     def _poll(self) -> None:
-        while not self._stop.wait(0.5):
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    self._read(entry)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                self._read(entry)
 
     def _read(self, entry: Path) -> None:
         try:

@@ -19,6 +19,10 @@ from multifcl.config import ExperimentConfig
 from multifcl.config_names import check_names
 
 SUMMARY = "validate run-config overrides (files or key=value pairs) against the app's keys"
+EXAMPLES = (
+    "multifcl check-config -c \"method='multifcl' num-tasks=5\"",
+    "multifcl check-config -c configs/paper/cifar100-10tasks-beta0.5-multifcl.toml",
+)
 
 
 def read_overrides(text: str) -> RunConfig:

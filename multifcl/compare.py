@@ -49,7 +49,14 @@ RESERVED_KEYS = {  # set per run by the runner
 FEDERATION_DEFAULTS = {"num-supernodes": 2, "client-resources-num-cpus": 1}
 KEY_VALUE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # flwr's own `-c` syntax
 # keys that do not change a run's results: a finished run is reused whatever they say
-CONFIG_KEYS_NOT_COMPARED = ("output-dir", "logger")
+CONFIG_KEYS_NOT_COMPARED = ("output-dir", "logger", "logger-group")
+EXAMPLES = (
+    "multifcl compare --methods prototypes finetune --seeds 0 1 --out runs/first-compare",
+    (
+        "multifcl compare --methods configs/ablation/*.toml --seeds 0 --out runs/ablation "
+        "--overrides \"backbone='efficientnet-lite0' logger='wandb'\""
+    ),
+)
 
 RunConfig = dict[str, bool | int | float | str]
 
@@ -129,7 +136,8 @@ def plan_comparison(
     for label, pairs in row_pairs.items():
         for seed in seeds:
             run_dir = out / "runs" / f"{label}-seed{seed}"
-            values = {**pairs, **shared, "seed": seed, "output-dir": str(run_dir)}
+            values = {"logger-group": label, **pairs, **shared}  # the row is W&B's group
+            values |= {"seed": seed, "output-dir": str(run_dir)}
             try:
                 config = check_names(ExperimentConfig.from_run_config({**defaults, **values}))
             except ConfigError as error:

@@ -31,7 +31,7 @@ ETF_LOSSES = ("dr", "ce")
 ETF_MAPS = ("batchnorm-linear", "linear", "batchnorm")
 LR_SCHEDULES = ("constant", "cosine", "tempbalance")
 LWF_CE_CLASSES = ("task", "seen")
-LOGGERS = ("none", "tensorboard")
+LOGGERS = ("none", "tensorboard", "wandb")  # `logger`: one, or several joined by commas
 PRECISIONS = ("fp32", "bf16")
 TRANSMIT_DTYPES = ("float32", "float16")
 EVAL_CANONICALIZATIONS = ("none", "equizero")
@@ -62,7 +62,8 @@ class ExperimentConfig:
     seed: int = 0
     max_train_per_class: int | None = None
     output_dir: Path | None = None
-    logger: str = "none"  # "tensorboard": also write event files under <output-dir>/tensorboard
+    logger: str = "none"  # "tensorboard", "wandb" or "tensorboard,wandb" (run_loggers.py)
+    logger_group: str = ""  # the run's group in W&B; empty: the method (compare: the row)
     device: str = "auto"
     torch_threads: int = 1  # CPU threads per process (client or server); results depend on it
     image_size: int = 0  # 0: the backbone's own input size
@@ -169,7 +170,7 @@ class ExperimentConfig:
             )
         _check_choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("lwf-ce-classes", self.lwf_ce_classes, LWF_CE_CLASSES)
-        _check_choice("logger", self.logger, LOGGERS)
+        _check_loggers(self.logger)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("transmit-dtype", self.transmit_dtype, TRANSMIT_DTYPES)
         _check_choice("eval-canonicalize", self.eval_canonicalize, EVAL_CANONICALIZATIONS)
@@ -404,6 +405,21 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"run config key '{key}': expected a string, got {value!r}")
     return value
+
+
+def logger_names(value: str) -> tuple[str, ...]:
+    """The loggers a `logger` value names: "tensorboard,wandb" -> both, "none" -> none."""
+    return tuple(name.strip() for name in value.split(",") if name.strip() != "none")
+
+
+def _check_loggers(value: str) -> None:
+    names = [name.strip() for name in value.split(",")]
+    for name in names:
+        _check_choice("logger", name, LOGGERS)
+    if len(names) > 1 and ("none" in names or len(set(names)) < len(names)):
+        raise ConfigError(
+            f"run config key 'logger': name each logger once and not with 'none', got {value!r}"
+        )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -97,6 +97,9 @@ class LocalFlower:
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}",
         }
+        from multifcl.superlink_registry import register  # `multifcl doctor` reads it
+
+        self._record = register(self.home, owned_home=self._owned_home is not None)
 
     def __enter__(self) -> Self:
         return self
@@ -171,14 +174,23 @@ class LocalFlower:
     def close(self) -> None:
         """End the SuperLink this home started and every process under it (the simulation,
         Ray), by process id: SIGTERM, then SIGKILL after a grace period."""
-        pids = [p for root in _superlink_pids(self.home) for p in _process_tree(root)]
-        _signal_all(pids, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-        _signal_all([p for p in pids if _alive(p)], signal.SIGKILL)
+        from multifcl.superlink_registry import unregister
+
+        end_process_trees(superlink_pids(self.home))
         if self._owned_home is not None:
             self._owned_home.cleanup()
+        unregister(self._record)
+
+
+def end_process_trees(roots: list[int]) -> None:
+    """End the processes `roots` and all their descendants: SIGTERM, then SIGKILL after a
+    grace period."""
+    pids = [pid for root in roots for pid in _process_tree(root)]
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    _signal_all([p for p in pids if _alive(p)], signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -223,7 +235,7 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def _superlink_pids(flwr_home: Path) -> list[int]:
+def superlink_pids(flwr_home: Path) -> list[int]:
     """Ids of the SuperLink processes started for this FLWR_HOME (found by their log path)."""
     marker = f"{flwr_home}/local-superlink/superlink.log"
     pids = []

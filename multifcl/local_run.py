@@ -24,6 +24,14 @@ from multifcl.interrupts import signals_held, sigterm_as_interrupt
 from multifcl.local_flower import LocalFlower, PortInUse
 
 SUMMARY = "flwr run the app on a SuperLink of its own; exit status 0 only when it completed"
+EXAMPLES = (
+    "multifcl run",
+    "multifcl run -c \"method='multifcl' backbone='efficientnet-lite0'\"",
+    (
+        "multifcl run -c configs/paper/cifar100-10tasks-beta0.5-multifcl.toml "
+        '--federation-config "num-supernodes=10 client-resources-num-cpus=1"'
+    ),
+)
 
 
 class RunEnded(CommandError):

@@ -31,6 +31,7 @@ from multifcl.results.resume import check_same_clients, open_resumable_run, resu
 from multifcl.results.run_directory import new_run_id, saved_run_id
 from multifcl.results.run_lock import RunLock
 from server.handshake import Federation, FederationGrid, handshake
+from server.progress import RunProgress
 from strategies import RoundRunner
 from strategies.continual import RoundFailed
 
@@ -62,12 +63,13 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
     )
     tasks = _TaskLoop(grid, config, run_dir, experiment, federation, checkpoint.rounds_logged)
     metrics: dict | None = None
-    for task in stream:
-        if checkpoint.accuracy.tasks_evaluated > task.index:  # before the run was interrupted
-            continue
-        started = time.perf_counter()
-        checkpoint = tasks.train_rounds(checkpoint, task)
-        checkpoint, metrics = tasks.evaluate(checkpoint, task, started)
+    with tasks.progress.periodic:  # a progress line with an ETA every minute while rounds run
+        for task in stream:
+            if checkpoint.accuracy.tasks_evaluated > task.index:  # before an interruption
+                continue
+            started = time.perf_counter()
+            checkpoint = tasks.train_rounds(checkpoint, task)
+            checkpoint, metrics = tasks.evaluate(checkpoint, task, started)
     if metrics is None:  # resumed a run that had already finished
         log(INFO, "multifcl: every task of %s was already done", run_dir.path)
         metrics = checkpoint.accuracy.metrics(stream.num_tasks)
@@ -103,6 +105,7 @@ class _TaskLoop:
         )
         self.num_tasks = experiment.data.stream.num_tasks
         self.round_log = _RoundLog(run_dir, rounds_logged, self.num_tasks, config)
+        self.progress = RunProgress(self.num_tasks, config.rounds_per_task)
         self.rounds = RoundRunner(
             experiment.method,
             experiment.data.stream,
@@ -124,6 +127,7 @@ class _TaskLoop:
         for server_round in range(first_round, config.rounds_per_task + 1):
             last_round = task.index == self.num_tasks - 1 and server_round == config.rounds_per_task
             keep_client_states = config.save_task_checkpoints and last_round
+            self.progress.round_started(task.index + 1, server_round)
             try:
                 result = self.rounds.train_round(
                     self.grid, checkpoint.state, task, server_round, keep_client_states
@@ -144,6 +148,7 @@ class _TaskLoop:
                 rounds_logged=self.round_log.rows,
             )
             checkpoint.save(run_dir.path)
+            self.progress.round_finished()
         return checkpoint
 
     def _log_joiners(self, task: Task) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +53,15 @@ def machine_feature_store(feature_store_root, monkeypatch) -> Path:
     return feature_store_root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_superlink_records(tmp_path_factory):
+    """The SuperLink records of multifcl.superlink_registry go to a temporary folder, not
+    the user's ~/.local/state, in this process and the processes tests start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> Callable[..., ExperimentConfig]:
     def make(**changes) -> ExperimentConfig:
@@ -91,3 +103,26 @@ def random_images(n: int = 3, size: int = 20) -> torch.Tensor:
     import torch
 
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+
+
+def fake_superlink(tmp_path: Path, home: Path) -> tuple[subprocess.Popen, int]:
+    """A process named flower-superlink with `home`'s log path in its command line, as
+    Flower's local SuperLink has, and a child of its own (as it starts the simulation and
+    Ray); the process and the child's id."""
+    fake = tmp_path / "bin" / "flower-superlink"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(
+        textwrap.dedent(f"""\
+            #!{sys.executable}
+            import subprocess, sys, time
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            print(child.pid, flush=True)
+            time.sleep(120)
+        """)
+    )
+    fake.chmod(0o755)
+    log_file = f"{home.resolve()}/local-superlink/superlink.log"
+    process = subprocess.Popen(
+        [str(fake), "--log-file", log_file], stdout=subprocess.PIPE, text=True
+    )
+    return process, int(process.stdout.readline())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from multifcl.local_flower import (
     PortInUse,
     _alive,
 )
+from tests.conftest import fake_superlink
 
 
 @pytest.fixture
@@ -64,23 +64,7 @@ def test_a_port_where_another_superlink_answers_is_refused(monkeypatch, tmp_path
 
 def test_close_ends_the_superlink_and_everything_under_it(no_port_variables, tmp_path):
     home = tmp_path / "home"
-    fake = tmp_path / "bin" / "flower-superlink"  # stands in for the SuperLink: starts a child
-    fake.parent.mkdir()
-    fake.write_text(
-        textwrap.dedent(f"""\
-            #!{sys.executable}
-            import subprocess, sys, time
-            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-            print(child.pid, flush=True)
-            time.sleep(120)
-        """)
-    )
-    fake.chmod(0o755)
-    log_file = f"{home.resolve()}/local-superlink/superlink.log"
-    superlink = subprocess.Popen(
-        [str(fake), "--log-file", log_file], stdout=subprocess.PIPE, text=True
-    )
-    child = int(superlink.stdout.readline())
+    superlink, child = fake_superlink(tmp_path, home)  # a child of its own, like Flower's
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         LocalFlower(home=home).close()

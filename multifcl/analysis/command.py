@@ -22,6 +22,11 @@ from multifcl.equizero import TRANSFORM_GROUPS, group_transforms
 
 SUMMARY = "CKA drift, diffused redundancy, neural collapse and equizero robustness of a run"
 DEFAULT_DRAWS = 5
+EXAMPLES = (
+    "multifcl run -c \"save-task-checkpoints=true output-dir='/abs/runs/kept'\"",
+    "multifcl analyze /abs/runs/kept",
+    "multifcl analyze /abs/runs/kept --robustness --group flip-rot90",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,10 @@ FALLBACK_IMAGE_SIZE = 32  # only used to resize files of mixed sizes; counts do 
 SAME_EXPERIMENT_KEYS = RESULT_NEUTRAL_KEYS | {"seed"}
 RUN_KEYS_BESIDE_CONFIG = ("num-clients",)  # saved beside the run config, changes results
 NAMED_DIFFERENCES = 3  # keys named in a label or warning
+EXAMPLES = (
+    "multifcl report runs/first-compare/runs/*-seed0",
+    "multifcl report runs/20250101-120000-multifcl --out figures",
+)
 
 
 @dataclass

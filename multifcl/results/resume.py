@@ -28,6 +28,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "expected-clients",
         "save-task-checkpoints",
         "logger",
+        "logger-group",
     }
 )
 KEY = "run config key 'resume-from'"

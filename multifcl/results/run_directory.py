@@ -1,5 +1,5 @@
 """Writes a run's results: config.json, partition.json, rounds.csv, metrics.json and
-accuracy.png (and TensorBoard events with `logger = "tensorboard"`).
+accuracy.png, and feeds the trackers `logger` names (run_loggers.py).
 
 metrics.json and the plot are rewritten after every task (atomically), so an
 interrupted run still leaves consistent results for the tasks it finished.
@@ -31,10 +31,9 @@ from multifcl.results.folder_layout import (
     ROUNDS_FILE,
     RUN_FILES,
     RUN_ID_KEY,
-    TENSORBOARD_FOLDER,
 )
 from multifcl.results.partition_file import partition_counts
-from multifcl.results.tensorboard_log import TensorBoardLog, require_tensorboard
+from multifcl.results.run_loggers import RunLoggers, require_loggers
 
 
 def new_run_id() -> str:
@@ -75,9 +74,8 @@ class RunDirectory:
     ) -> None:
         self.path = path.resolve()
         self.title = ""  # names method, data set and backbone once started
-        if logger == "tensorboard":
-            require_tensorboard()  # before any long work, not at the first round
-        self._tensorboard: TensorBoardLog | None = None
+        require_loggers(logger)  # before any long work, not at the first round
+        self._loggers = RunLoggers([], 1)
         self.run_id = run_id if resume else run_id or new_run_id()
         held = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resume and held:
@@ -97,7 +95,7 @@ class RunDirectory:
         replace_text_atomically(self.path / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
         with open(self.path / ROUNDS_FILE, "w", newline="") as handle:
             csv.writer(handle).writerow(RoundRecord.columns())
-        self._open_tensorboard(config)
+        self._loggers = RunLoggers.open(config, self.path, self.run_id, payload)
 
     def reopen(self, config: ExperimentConfig, rounds_kept: int) -> None:
         """Continue an interrupted run in this folder: rounds.csv keeps its header and first
@@ -112,13 +110,8 @@ class RunDirectory:
         writer.writeheader()
         writer.writerows(rows)
         replace_text_atomically(self.path / ROUNDS_FILE, text.getvalue())
-        self._open_tensorboard(config)
-
-    def _open_tensorboard(self, config: ExperimentConfig) -> None:
-        if config.logger == "tensorboard":
-            self._tensorboard = TensorBoardLog(
-                self.path / TENSORBOARD_FOLDER, config.rounds_per_task
-            )
+        saved = {RUN_ID_KEY: self.run_id, **config.to_run_config()}
+        self._loggers = RunLoggers.open(config, self.path, self.run_id or new_run_id(), saved)
 
     def write_partition(
         self, data: FederatedStream, num_clients: int, held: list[int] | None = None
@@ -131,8 +124,7 @@ class RunDirectory:
     def append_round(self, record: RoundRecord) -> None:
         with open(self.path / ROUNDS_FILE, "a", newline="") as handle:
             csv.writer(handle).writerow(record.as_row())
-        if self._tensorboard is not None:
-            self._tensorboard.log_round(record)
+        self._loggers.log_round(record)
 
     def write_metrics(self, accuracy: AccuracyHistory, num_tasks: int) -> dict:
         """Write metrics.json (`AccuracyHistory.metrics`) and accuracy.png for the tasks
@@ -140,8 +132,7 @@ class RunDirectory:
         metrics = accuracy.metrics(num_tasks)
         replace_text_atomically(self.path / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         self._plot(accuracy.cil, metrics["stage_accuracy"])
-        if self._tensorboard is not None:
-            self._tensorboard.log_task(metrics)
+        self._loggers.log_task(metrics, self.path / PLOT_FILE)
         return metrics
 
     def _plot(self, cil: list[list[float]], stages: list[float]) -> None:
