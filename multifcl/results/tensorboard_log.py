@@ -50,7 +50,10 @@ class TensorBoardLog:
         self._writer = SummaryWriter(log_dir=str(folder))
 
     def log_round(self, record: RoundRecord) -> None:
-        """Every numeric field of the round's record at step (task - 1) * rounds + round."""
+        """Every numeric field of a training round's record at step (task - 1) * rounds +
+        round (the clients' evaluation rows are in rounds.csv only)."""
+        if record.phase != "train":
+            return
         step = (record.task - 1) * self.rounds_per_task + record.round
         for name in ROUND_SCALARS:
             value = getattr(record, name)
