@@ -57,7 +57,7 @@ def client_accuracy(client_metrics: Mapping, title: str, path: Path) -> Path:
         )
         axis.set_xticks(range(1, longest + 1))
         axis.grid(alpha=0.3)
-        axis.legend(loc="lower left")
+        axis.legend(loc="lower right")
         save_figure(figure, path)
     return path
 
