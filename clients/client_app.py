@@ -1,15 +1,18 @@
-"""The ClientApp: trains the method on this node's slice of the current task."""
+"""The ClientApp: trains the method on this node's slice of the current task, and (eval-local)
+scores models on this node's test slice."""
 
 from __future__ import annotations
 
 import time
 from functools import lru_cache
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from multifcl.client_evaluation import score_own_slice
 from multifcl.config import ExperimentConfig
-from multifcl.experiment import load_experiment
+from multifcl.data import Task
+from multifcl.experiment import Experiment, load_experiment
 from multifcl.features import counting_lookups
 from multifcl.features.shared_store import share_features_on_this_machine
 from multifcl.metrics.resources import (
@@ -23,9 +26,13 @@ from protocol.messages import (
     ARRAYS,
     CLAIM,
     CONFIG,
+    LOCAL_ARRAYS,
+    METRICS,
     NUM_PARTITIONS,
     PARTITION_ID,
+    REPORT,
     record_to_state,
+    state_to_record,
     update_to_content,
 )
 
@@ -75,19 +82,33 @@ def handshake(msg: Message, context: Context) -> Message:
     return Message(RecordDict({CLAIM: ConfigRecord(claim)}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    config = _parse_config(_this_machines_run_config(context))
+def _proved_partition(msg: Message, context: Context) -> tuple[int, int]:
+    """This node's (partition-id, num-partitions), the same it proved at the handshake."""
     client, num_clients = _partition(context)
-    round_config = msg.content[CONFIG]
-    proved = round_config.get(PARTITION_ID, client)
+    proved = msg.content[CONFIG].get(PARTITION_ID, client)
     if proved != client:
         raise ValueError(
             f"this SuperNode holds {PARTITION_ID}={client} now but proved {proved} at the "
             "handshake: its node config changed during the run (resume the run instead)"
         )
+    return client, num_clients
+
+
+def _task(experiment: Experiment, msg: Message) -> Task:
+    """The message's task of the stream, or one clear line."""
+    index, stream = msg.content[CONFIG]["task"], experiment.data.stream
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < stream.num_tasks:
+        raise ValueError(f"the message's task {index!r} is not one of the {stream.num_tasks} tasks")
+    return stream.task(index)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config = _parse_config(_this_machines_run_config(context))
+    client, num_clients = _proved_partition(msg, context)
+    round_config = msg.content[CONFIG]
     experiment = load_experiment(config)
-    task = experiment.data.stream.task(int(round_config["task"]))
+    task = _task(experiment, msg)
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
     state = record_to_state(msg.content[ARRAYS])
@@ -100,3 +121,29 @@ def train(msg: Message, context: Context) -> Message:
     update.metrics[PEAK_RSS_MB] = peak_rss_mb()
     release_cached_gpu_memory(experiment.backbone.device)
     return Message(update_to_content(update, config.transmit_dtype), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """eval-local: score the global model and, when sent, this client's own model on this
+    client's test slice of every task seen so far (`multifcl.client_evaluation`)."""
+    config = _parse_config(_this_machines_run_config(context))
+    client, num_clients = _proved_partition(msg, context)
+    experiment = load_experiment(config)
+    task = _task(experiment, msg)
+    global_state = record_to_state(msg.content[ARRAYS])
+    local_state = None
+    if LOCAL_ARRAYS in msg.content.array_records:
+        local_state = record_to_state(msg.content[LOCAL_ARRAYS])
+        if sorted(local_state) != sorted(global_state):
+            raise ValueError("the local model's arrays are not those of the global model")
+    started = time.perf_counter()
+    report = score_own_slice(
+        experiment.method, experiment.data, task, client, num_clients, global_state, local_state
+    )
+    seconds = time.perf_counter() - started
+    release_cached_gpu_memory(experiment.backbone.device)
+    content = RecordDict(
+        {REPORT: state_to_record(report), METRICS: MetricRecord({CLIENT_SECONDS: seconds})}
+    )
+    return Message(content, reply_to=msg)

@@ -137,6 +137,7 @@ class ExperimentConfig:
     # Test-time canonicalization (README "Looking inside a run")
     eval_canonicalize: str = "none"  # "equizero": also report accuracy under equizero
     eval_group: str = "flip-rot90"  # the transforms equizero tries: flip, rot90, flip-rot90
+    eval_local: bool = False  # true: every client scores the global and its own model each task
 
     def __post_init__(self) -> None:
         """Refuse a bad value with a one-line ConfigError naming its run config key; the

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Self
 
+import numpy as np
 import torch
 
 from multifcl.backbones.host_transfer import to_device
@@ -45,14 +46,16 @@ class StageAccuracy:
 PROGRESS_INTERVAL_S = 30.0
 logger = logging.getLogger(__name__)
 
-_CACHES: weakref.WeakKeyDictionary[Method, FeatureCache] = weakref.WeakKeyDictionary()
+_CACHES: weakref.WeakKeyDictionary[Method, dict[str, FeatureCache]] = weakref.WeakKeyDictionary()
 
 
-def evaluation_cache(method: Method) -> FeatureCache:
-    """The test-feature cache this process keeps for `method`."""
-    if method not in _CACHES:
-        _CACHES[method] = feature_cache_for(method.config, "evaluation")
-    return _CACHES[method]
+def evaluation_cache(method: Method, role: str = "evaluation") -> FeatureCache:
+    """The test-feature cache this process keeps for `method`: the server's evaluation
+    (`evaluation`) or a client's scoring of its own test slice (`client-evaluation`)."""
+    caches = _CACHES.setdefault(method, {})
+    if role not in caches:
+        caches[role] = feature_cache_for(method.config, role)
+    return caches[role]
 
 
 @torch.no_grad()
@@ -92,15 +95,7 @@ def _evaluate(
         correct_cil = correct_til = 0
         test_set = data.test_set(task)
         progress.task(index + 1, len(test_set))
-        if split is None:
-            scored = _pixel_logits(method, state, test_set)
-        else:
-            key = FeatureKey(test_set.fingerprint, split.encoder, task.index)
-            features = cache.get_or_compute(
-                key, lambda images=test_set.images: split.encode(images)
-            )
-            scored = _feature_logits(split, features, test_set, method)
-        for logits, labels in scored:
+        for logits, labels in scored_batches(method, state, test_set, task.index, split, cache):
             logits = logits.float().cpu()
             correct_cil += int((logits[:, :seen].argmax(1) == labels).sum())
             task_logits = logits[:, task.classes.start : task.classes.stop]
@@ -166,6 +161,40 @@ class EvaluationProgress:
                 f"test set {self.current}/{self.seen_tasks}, {self.done}/{self.size} samples scored"
             )
         return f"{where}, {seconds:.0f} s so far"
+
+
+def scored_batches(
+    method: Method,
+    state: State,
+    test_set: InMemoryImages,
+    task_index: int,
+    split,  # Method.feature_split(state)'s result (just computed), None to score pixels
+    cache: FeatureCache | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, labels) batches of `test_set` (of task `task_index`) under `state`: from
+    features stored in `cache` when there is a split, else from pixels."""
+    if split is None:
+        return _pixel_logits(method, state, test_set)
+    key = FeatureKey(test_set.fingerprint, split.encoder, task_index)
+    features = cache.get_or_compute(key, lambda images=test_set.images: split.encode(images))
+    return _feature_logits(split, features, test_set, method)
+
+
+@torch.no_grad()
+def seen_class_predictions(
+    method: Method, state: State, test_set: InMemoryImages, task_index: int, seen: int
+) -> np.ndarray:
+    """The class (argmax over the first `seen` classes) `state` predicts for each sample of
+    `test_set`; a client's scoring of its own slice, with the `client-evaluation` cache."""
+    if len(test_set) == 0:
+        return np.empty(0, dtype=np.int64)
+    split = method.feature_split(state) if method.config.cache_features else None
+    cache = None
+    if split is not None:
+        cache = evaluation_cache(method, "client-evaluation")
+        cache.keep_only(lambda key: key.encoder == split.encoder)
+    scored = scored_batches(method, state, test_set, task_index, split, cache)
+    return torch.cat([logits.float().cpu()[:, :seen].argmax(1) for logits, _ in scored]).numpy()
 
 
 def _pixel_logits(

@@ -23,6 +23,8 @@ TRAIN_LOSS = "train-loss"
 HANDSHAKE = "query.handshake"  # the message type; the ClientApp's @app.query("handshake")
 CLAIM = "claim"  # the reply's ConfigRecord: partition id, number of partitions, fingerprint
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
+LOCAL_ARRAYS = "local-arrays"  # eval-local: the client's own model, beside the global ARRAYS
+REPORT = "report"  # eval-local: the reply's ArrayRecord of scores (multifcl.client_evaluation)
 
 
 def state_to_record(state: State, float_dtype: str = "float32") -> ArrayRecord:

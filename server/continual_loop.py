@@ -18,7 +18,9 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
+from multifcl.methods import State
 from multifcl.metrics import AccuracyHistory, RoundRecord
+from multifcl.metrics.client_accuracy import MODELS, ClientStage
 from multifcl.results import RunDirectory, default_output_dir, print_summary
 from multifcl.results.checkpoints import (
     Checkpoint,
@@ -34,6 +36,7 @@ from server.handshake import Federation, FederationGrid, handshake
 from server.progress import RunProgress
 from strategies import RoundRunner
 from strategies.continual import RoundFailed
+from strategies.evaluation_round import EvaluationRound
 
 NODE_WAIT_SECONDS = 120.0
 NODE_SETTLE_SECONDS = 1.0
@@ -116,6 +119,14 @@ class _TaskLoop:
             on_round=self.round_log.append,
             sampler=self.sampler,
         )
+        self.client_evaluation = None
+        if config.eval_local:
+            self.client_evaluation = EvaluationRound(
+                experiment.data,
+                federation.num_partitions,
+                config.round_timeout,
+                config.rounds_per_task,
+            )
 
     def train_rounds(self, checkpoint: Checkpoint, task: Task) -> Checkpoint:
         """The task's rounds not yet done, each checkpointed; the checkpoint after the last."""
@@ -124,9 +135,11 @@ class _TaskLoop:
         if first_round <= config.rounds_per_task:
             self._log_joiners(task)
             self._warn_never_sampled(task)
+        local_models = dict(checkpoint.local_models) if first_round > 1 else {}
         for server_round in range(first_round, config.rounds_per_task + 1):
             last_round = task.index == self.num_tasks - 1 and server_round == config.rounds_per_task
-            keep_client_states = config.save_task_checkpoints and last_round
+            snapshots = config.save_task_checkpoints and last_round
+            keep_client_states = snapshots or config.eval_local
             self.progress.round_started(task.index + 1, server_round)
             try:
                 result = self.rounds.train_round(
@@ -138,14 +151,18 @@ class _TaskLoop:
                     f"{str(run_dir.path)!r}: fix the clients, then continue it with "
                     f"resume-from='{run_dir.path}'"
                 ) from None
-            if keep_client_states:
+            if snapshots:
                 save_client_states(run_dir.path, result.client_states)
+            if config.eval_local:  # each client's model after its last training in the task
+                for node, client_state in result.client_states.items():
+                    local_models[self.federation.partitions[node]] = client_state
             checkpoint = _advance(
                 checkpoint,
                 task=task.index,
                 rounds_done=server_round,
                 state=result.state,
                 rounds_logged=self.round_log.rows,
+                local_models=local_models,
             )
             checkpoint.save(run_dir.path)
             self.progress.round_finished()
@@ -198,7 +215,8 @@ class _TaskLoop:
         method, run_dir = self.experiment.method, self.run_dir
         state = method.end_task(checkpoint.state, task)  # checkpointed below, with the scores
         stage = evaluate_seen_tasks(method, state, self.experiment.data, task)
-        accuracy = checkpoint.accuracy.appended(stage)
+        clients = self._evaluate_clients(checkpoint, state, task)
+        accuracy = checkpoint.accuracy.appended(stage, clients)
         metrics = run_dir.write_metrics(accuracy, self.num_tasks)
         if self.config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
@@ -209,6 +227,7 @@ class _TaskLoop:
             state=state,
             accuracy=accuracy,
             rounds_logged=self.round_log.rows,
+            local_models={},
         )
         checkpoint.save(run_dir.path)
         log(
@@ -220,7 +239,22 @@ class _TaskLoop:
             [round(a, 1) for a in stage.cil],
             metrics["stage_accuracy"][-1],
         )
+        if clients is not None:
+            log(INFO, "task %d/%d: %s", task.index + 1, self.num_tasks, _spread_line(metrics))
         return checkpoint, metrics
+
+    def _evaluate_clients(
+        self, checkpoint: Checkpoint, state: State, task: Task
+    ) -> ClientStage | None:
+        """eval-local: every client's scores of its own test slice under the global model
+        and its own model (its rounds.csv row appended); None when eval-local is off."""
+        if self.client_evaluation is None:
+            return None
+        stage, record = self.client_evaluation.run(
+            self.grid, self.federation.partitions, state, checkpoint.local_models, task
+        )
+        self.round_log.append(record)
+        return stage
 
 
 def _run_lock(config: ExperimentConfig, base_dir: Path) -> RunLock:
@@ -303,6 +337,18 @@ class _RoundLog:
     def append(self, record: RoundRecord) -> None:
         self.run_dir.append_round(record)
         self.rows += 1
+        if record.phase == "evaluate":
+            log(
+                INFO,
+                "task %d/%d clients' evaluation: %d clients, %.1f s, up %d B, down %d B",
+                record.task,
+                self.num_tasks,
+                record.clients,
+                record.seconds,
+                record.bytes_up,
+                record.bytes_down,
+            )
+            return
         loss = "" if record.train_loss is None else f", train loss {record.train_loss:.4f}"
         retry = "" if record.attempt == 1 else f" (attempt {record.attempt})"
         log(
@@ -320,6 +366,23 @@ class _RoundLog:
             record.bytes_down,
             loss,
         )
+
+
+def _spread_line(metrics: dict) -> str:
+    """The clients' accuracy on their own test slices after the last task, in words."""
+    clients = metrics["client_accuracy"]
+    parts = []
+    for model in MODELS:
+        summary = clients[model]
+        if summary["mean"][-1] is None:
+            parts.append(f"{model} model: no client scored")
+            continue
+        parts.append(
+            f"{model} model: mean {summary['mean'][-1]:.2f}, std {summary['std'][-1]:.2f}, "
+            f"worst {summary['worst'][-1]:.2f} (client {summary['worst_client'][-1]}) over "
+            f"{summary['clients_scored'][-1]} clients"
+        )
+    return "per-client accuracy on their own test slices, " + "; ".join(parts)
 
 
 def _advance(checkpoint: Checkpoint, **changes) -> Checkpoint:

@@ -24,16 +24,20 @@ class InProcessGrid(Grid):
         run_config: dict,
         num_nodes: int,
         query: Callable[[Message, Context], Message] | None = None,
+        evaluate: Callable[[Message, Context], Message] | None = None,
     ):
         """`handler` answers train messages; `query` (default: the ClientApp's handshake)
-        answers query messages."""
+        answers query messages; `evaluate` (default: the ClientApp's) evaluate messages."""
         if query is None:
             from clients.client_app import handshake as query
+        if evaluate is None:
+            from clients.client_app import evaluate
         # messages need the run/node identity that a real runtime would set
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
         self.handler = handler
         self.query = query
         run_id = secrets.randbits(63)  # random, like Flower's: runs never share a feature store
+        self.evaluate = evaluate
         self.contexts = {
             1000 + node: Context(
                 run_id=run_id,
@@ -46,6 +50,7 @@ class InProcessGrid(Grid):
         }
         self.sent: list[Message] = []  # the train messages
         self.queried: list[Message] = []  # the query messages (the handshake)
+        self.evaluated: list[Message] = []  # the evaluate messages (eval-local)
         self._ids = itertools.count()
 
     def set_run(self, run) -> None:  # pragma: no cover - not used in-process
@@ -73,11 +78,14 @@ class InProcessGrid(Grid):
         replies = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
-            query = message.metadata.message_type.startswith(MessageType.QUERY)
-            (self.queried if query else self.sent).append(message)
+            kind = message.metadata.message_type
+            query = kind.startswith(MessageType.QUERY)
+            evaluate = kind == MessageType.EVALUATE
+            handler = self.query if query else self.evaluate if evaluate else self.handler
+            (self.queried if query else self.evaluated if evaluate else self.sent).append(message)
             context = self.contexts[message.metadata.dst_node_id]
             try:
-                replies.append((self.query if query else self.handler)(message, context))
+                replies.append(handler(message, context))
             except Exception as error:  # noqa: BLE001 - Flower turns any ClientApp error into a reply
                 replies.append(Message(Error(code=0, reason=repr(error)), reply_to=message))
         return replies

@@ -242,7 +242,7 @@ class RoundRunner:
     ) -> tuple[RoundRecord, str | None]:
         """The attempt's record, and why it cannot be merged (None: it can), logging each
         failed client."""
-        failed = {str(node): _one_line(why) for node, why in sorted(sorted_out.failed.items())}
+        failed = {str(node): one_line(why) for node, why in sorted(sorted_out.failed.items())}
         clients = attempt.clients
         missing = clients - len(attempt.nodes)
         if missing:
@@ -334,7 +334,7 @@ def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _one_line(reason: str) -> str:
+def one_line(reason: str) -> str:
     """A reason as one short line without the `; ` that separates clients in rounds.csv."""
     text = " ".join(reason.replace(";", ",").split())
     return text if len(text) <= REASON_MAX_CHARS else text[: REASON_MAX_CHARS - 3] + "..."

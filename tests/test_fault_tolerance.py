@@ -318,7 +318,7 @@ def test_a_dead_ray_actor_is_replaced_in_the_simulation_pool(monkeypatch):
 
 def test_failure_reasons_become_one_short_line_for_rounds_csv():
     flower_reason = "<class 'ClientAppException'>:<'\nException occurred; Message: boom\n'>"
-    line = continual._one_line(flower_reason + " x" * 200)
+    line = continual.one_line(flower_reason + " x" * 200)
     assert "\n" not in line and ";" not in line and len(line) == continual.REASON_MAX_CHARS
     assert line.startswith("<class 'ClientAppException'>:<' Exception occurred, Message: boom")
     assert line.endswith("...")

@@ -45,6 +45,7 @@ RUN = {  # tests/conftest.py TINY with 3 rounds per task, fine-tuning (SGD with 
     "beta": 0.5,
     "method": "finetune",
     "fraction-train": 0.67,
+    "eval-local": True,  # the clients' per-client matrices must resume exactly too
 }
 NODES = 3
 TIMING_COLUMNS = ("seconds", "seconds_per_step", "client_seconds", "client_peak_rss_mb")
@@ -82,6 +83,12 @@ def assert_same_results(folder: Path, reference: Path) -> None:
     expected = json.loads((reference / "metrics.json").read_text())
     assert metrics["tasks_finished"] == 2
     assert metrics["accuracy_matrix"] == expected["accuracy_matrix"]
+    clients = metrics["client_accuracy"]  # the local models of task 2 round 1 were resumed
+    assert (
+        clients["local"]["accuracy_matrices"]
+        == expected["client_accuracy"]["local"]["accuracy_matrices"]
+    )
+    assert all(v is not None for v in clients["local"]["accuracy_all_seen"][-1])
     assert metrics == expected
     state, expected_state = latest_checkpoint(folder).state, latest_checkpoint(reference).state
     assert sorted(state) == sorted(expected_state)
@@ -98,11 +105,12 @@ def test_killed_twice_and_resumed_gives_results_identical_to_an_unbroken_run(ref
     config = {**RUN, "output-dir": str(folder), "save-task-checkpoints": True}
     killed = run_worker(config, {"handler": [1, 2, 1]})  # task 2, round 2, second client
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert [(r["task"], r["round"]) for r in comparable_rows(folder)] == [
-        ("1", "1"),
-        ("1", "2"),
-        ("1", "3"),
-        ("2", "1"),
+    assert [(r["task"], r["round"], r["phase"]) for r in comparable_rows(folder)] == [
+        ("1", "1", "train"),
+        ("1", "2", "train"),
+        ("1", "3", "train"),
+        ("1", "4", "evaluate"),  # the clients' evaluation after task 1
+        ("2", "1", "train"),
     ]
     newest = max((folder / "checkpoints").glob("checkpoint-*.npz"))
     assert newest.name == "checkpoint-000005.npz"  # initial, 3 rounds, evaluation, 1 round

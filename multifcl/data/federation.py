@@ -13,6 +13,7 @@ from multifcl.data.images import DataError, InMemoryImages
 from multifcl.data.partitions import make_partition
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
+from multifcl.data.test_slices import split_test_set
 
 READ_CHECK_CHUNK = 2048
 
@@ -61,6 +62,18 @@ class FederatedStream:
                 f"{len(parts) - 1} train in it"
             )
         return parts[client]
+
+    def client_test_positions(self, task: Task, num_clients: int) -> list[np.ndarray]:
+        """Positions into `test_set(task)` of each client's test slice (`test_slices`)."""
+        parts = self.client_parts(task, num_clients)
+        test_labels = self.stream.test_labels[self.stream.test_indices(task)]
+        held = [self.stream.train_labels[part] for part in parts]
+        return split_test_set(held, test_labels, self.seed, task.index)
+
+    def client_test_set(self, task: Task, client: int, num_clients: int) -> InMemoryImages:
+        """The test images and labels of `client`'s slice of `task` (decoded once per task)."""
+        positions = self.client_test_positions(task, num_clients)[client]
+        return self.test_set(task).take(positions)
 
     def check_clients(self, num_clients: int) -> None:
         """Raise before any training if some client would hold no samples in some task it

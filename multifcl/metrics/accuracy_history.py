@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from multifcl.metrics.client_accuracy import ClientStage, client_accuracy_metrics
 from multifcl.metrics.continual import summarize
 
 if TYPE_CHECKING:
@@ -26,18 +27,20 @@ FORMULAS = {
 class AccuracyHistory:
     """Accuracies (percent) after each evaluated task: class-incremental (`cil`) and
     task-incremental (`til`) matrix rows, CIL over all seen classes, and the equizero CIL
-    rows (eval-canonicalize = "equizero"; a run resumed from before it has fewer)."""
+    rows (eval-canonicalize = "equizero"; a run resumed from before it has fewer), and the
+    clients' scores of their own test slices (eval-local)."""
 
     cil: list[list[float]] = field(default_factory=list)
     til: list[list[float]] = field(default_factory=list)
     cil_all_seen: list[float] = field(default_factory=list)
     cil_equizero: list[list[float]] = field(default_factory=list)
+    clients: list[ClientStage] = field(default_factory=list)
 
     @property
     def tasks_evaluated(self) -> int:
         return len(self.cil)
 
-    def appended(self, stage: StageAccuracy) -> AccuracyHistory:
+    def appended(self, stage: StageAccuracy, clients: ClientStage | None = None) -> AccuracyHistory:
         """A new history: this one with the rows of one more evaluated task."""
         equizero = [] if stage.cil_equizero is None else [stage.cil_equizero]
         return AccuracyHistory(
@@ -45,6 +48,7 @@ class AccuracyHistory:
             [*self.til, stage.til],
             [*self.cil_all_seen, stage.cil_all_seen],
             [*self.cil_equizero, *equizero],
+            [*self.clients, *([] if clients is None else [clients])],
         )
 
     def metrics(self, num_tasks: int) -> dict:
@@ -64,6 +68,8 @@ class AccuracyHistory:
         if self.cil_equizero and len(self.cil_equizero) == len(self.cil):  # rows aligned
             metrics["accuracy_matrix_equizero"] = _square(self.cil_equizero, num_tasks)
             metrics["equizero"] = summarize(self.cil_equizero).as_dict()
+        if self.clients:
+            metrics["client_accuracy"] = client_accuracy_metrics(self.clients, num_tasks)
         return metrics
 
 

@@ -1,5 +1,7 @@
 """What one federated round cost: bytes each way, wall time, training loss, and which
-clients failed (raised, timed out, or sent an update that was rejected)."""
+clients failed (raised, timed out, or sent an update that was rejected). A training round
+is `phase = "train"`; the clients' evaluation after a task (eval-local) is one
+`phase = "evaluate"` row, numbered one past the task's last round."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class RoundRecord:
     merged: bool = True  # False: too few usable replies, the attempt was discarded
     failed_clients: str = ""  # "node-id: reason; ..." for errors, timeouts and rejected updates
     sampled_clients: str = ""  # the round's sampled partition ids, "0;3;4" (stable across runs)
+    phase: str = "train"  # "evaluate": the clients' evaluation after the task (eval-local)
 
     @classmethod
     def columns(cls) -> list[str]:

@@ -10,6 +10,8 @@ Writes into DIR (default: <first RUN_DIR>/report):
                              partition.json, or rebuilt from config.json for older runs;
                              identical partitions are drawn once)
   bytes_per_round.png        bytes up and down per round, one line per method and config
+  client_accuracy-<run>.png  (eval-local runs) each client's accuracy on its own test slice
+                             after each task, global vs its own model: mean, ± std, worst
 
 Runs are labelled by method and seed. A method run with several configs gets one line per
 config, labelled by the keys that tell them apart; runs that differ in more than method and
@@ -27,10 +29,14 @@ from pathlib import Path
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import DataError
 from multifcl.reporting import report_figures
+from multifcl.reporting.client_accuracy_figure import client_accuracy
 from multifcl.reporting.run_results import RunFolderError, RunResults
 from multifcl.results.resume import RESULT_NEUTRAL_KEYS
 
-SUMMARY = "figures of finished runs: accuracy curves and matrices, partitions, bytes per round"
+SUMMARY = (
+    "figures of finished runs: accuracy curves and matrices, partitions, bytes per round, "
+    "per-client accuracy"
+)
 FALLBACK_IMAGE_SIZE = 32  # only used to resize files of mixed sizes; counts do not depend on it
 # run-config keys that do not make runs different experiments
 SAME_EXPERIMENT_KEYS = RESULT_NEUTRAL_KEYS | {"seed"}
@@ -73,6 +79,7 @@ def render_report(
                 run.metrics["accuracy_matrix"], title, out / f"accuracy_matrix-{run.name}.png"
             )
         )
+    written.extend(_client_accuracy_figures(runs, out))
     drawn: dict[str, str] = {}
     for run in runs:
         counts = partition_of(run, echo)
@@ -96,6 +103,21 @@ def render_report(
             setting,
         )
     )
+    return written
+
+
+def _client_accuracy_figures(runs: Sequence[RunResults], out: Path) -> list[Path]:
+    """The per-client accuracy figure of every run with client-side evaluation."""
+    written = []
+    for run in runs:
+        clients = run.metrics.get("client_accuracy")
+        if clients:
+            title = (
+                f"{run_label(run)}: {clients['num_clients']} clients' accuracy on their own "
+                f"test slices\n{report_figures.run_title(run.config)}"
+            )
+            path = out / f"client_accuracy-{run.name}.png"
+            written.append(client_accuracy(clients, title, path))
     return written
 
 

@@ -46,9 +46,12 @@ class RunResults:
         return read_json(self.path, PARTITION_FILE) if found else None
 
     def per_round(self, column: str) -> list[tuple[int, float]]:
-        """(task, value) for each round in order; the attempts of a retried round are summed."""
+        """(task, value) for each training round in order; the attempts of a retried round
+        are summed (the clients' evaluation rows, `phase = evaluate`, are not rounds)."""
         totals: dict[tuple[int, int], float] = {}
         for row in self.rounds:
+            if row.get("phase", "train") not in ("train", ""):
+                continue
             key = (int(row["task"]), int(row["round"]))
             totals[key] = totals.get(key, 0.0) + float(row.get(column) or 0.0)
         return [(task, value) for (task, _), value in totals.items()]

@@ -23,6 +23,7 @@ import torch
 
 from multifcl.atomic_files import replace_atomically
 from multifcl.metrics.accuracy_history import AccuracyHistory
+from multifcl.metrics.client_accuracy import ClientStage
 from multifcl.results.folder_layout import CHECKPOINT_FOLDER, CLIENT_SNAPSHOT_FOLDER, TASK_FOLDER
 
 State = dict[str, np.ndarray]
@@ -30,6 +31,7 @@ State = dict[str, np.ndarray]
 KEPT = 2  # the newest and the previous good one
 FORMAT_VERSION = 1
 _STATE_PREFIX = "state/"
+_LOCAL_PREFIX = "local/"  # local/<partition id>/<state key>
 _META = "meta"
 _NUMPY_RNG = "rng/numpy"
 _TORCH_RNG = "rng/torch"
@@ -72,6 +74,8 @@ class Checkpoint:
     `state`; the task is evaluated once `accuracy` has its rows. `rounds_logged` is the number of
     rows of rounds.csv that belong to this point (later rows are dropped on resume).
     `run_id` is the identity of the run that wrote it (None before run ids existed).
+    `local_models` (eval-local) holds, by partition id, each client's model after its last
+    local training in the task so far, for the clients' evaluation at the task's end.
     """
 
     step: int
@@ -82,6 +86,7 @@ class Checkpoint:
     rounds_logged: int
     rng: RngStates
     run_id: str | None = None
+    local_models: dict[int, State] = field(default_factory=dict)
 
     @property
     def task_evaluated(self) -> bool:
@@ -113,6 +118,8 @@ class Checkpoint:
             "til": self.accuracy.til,
             "cil_all_seen": self.accuracy.cil_all_seen,
             "cil_equizero": self.accuracy.cil_equizero,
+            "client_stages": [stage.as_json() for stage in self.accuracy.clients],
+            "local_models": {str(p): sorted(s) for p, s in sorted(self.local_models.items())},
             "rounds_logged": self.rounds_logged,
             "state_keys": sorted(self.state),
             "python_rng": [python_version, list(python_state), python_gauss],
@@ -120,6 +127,9 @@ class Checkpoint:
             "cuda_devices": len(self.rng.cuda),
         }
         arrays = {_STATE_PREFIX + key: np.asarray(value) for key, value in self.state.items()}
+        for partition, local in self.local_models.items():
+            for key, value in local.items():
+                arrays[f"{_LOCAL_PREFIX}{partition}/{key}"] = np.asarray(value)
         arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         arrays[_NUMPY_RNG] = np.asarray(numpy_keys, dtype=np.uint32)
         arrays[_TORCH_RNG] = self.rng.torch
@@ -157,17 +167,34 @@ class Checkpoint:
                 rounds_done=int(meta["rounds_done"]),
                 state=state,
                 accuracy=AccuracyHistory(
-                    meta["cil"], meta["til"], meta["cil_all_seen"], meta.get("cil_equizero", [])
+                    meta["cil"],
+                    meta["til"],
+                    meta["cil_all_seen"],
+                    meta.get("cil_equizero", []),
+                    [ClientStage.from_json(saved) for saved in meta.get("client_stages", [])],
                 ),
                 rounds_logged=int(meta["rounds_logged"]),
                 rng=rng,
                 run_id=meta.get("run_id"),
+                local_models=_local_models(arrays, meta.get("local_models", {})),
             )
         except CheckpointError as error:
             raise CheckpointError(f"checkpoint {str(path)!r} is unusable: {error}") from None
         except Exception as error:  # noqa: BLE001 - any failure to read means the file is unusable
             reason = " ".join(f"{type(error).__name__}: {error}".split())
             raise CheckpointError(f"checkpoint {str(path)!r} is unusable: {reason}") from None
+
+
+def _local_models(arrays: Mapping[str, np.ndarray], keys: Mapping[str, list]) -> dict:
+    """The saved local models by partition id; CheckpointError when one is incomplete."""
+    models = {}
+    for partition, names in keys.items():
+        prefix = f"{_LOCAL_PREFIX}{partition}/"
+        local = {n[len(prefix) :]: v for n, v in arrays.items() if n.startswith(prefix)}
+        if sorted(local) != names:
+            raise CheckpointError(f"client {partition}'s local model is incomplete")
+        models[int(partition)] = local
+    return models
 
 
 def latest_checkpoint(run_path: Path, warn: Callable[[str], None] = logger.warning) -> Checkpoint:

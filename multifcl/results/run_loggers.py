@@ -122,7 +122,9 @@ class RunLoggers:
         return cls(sinks, config.rounds_per_task)
 
     def log_round(self, record: RoundRecord) -> None:
-        self._write(round_scalars(record, self.rounds_per_task))
+        """A training round's scalars (the clients' evaluation rows are in rounds.csv only)."""
+        if record.phase == "train":
+            self._write(round_scalars(record, self.rounds_per_task))
 
     def log_task(self, metrics: dict, plot: Path) -> None:
         """The task's scalars; after the last task also the final metrics and plot."""
