@@ -152,8 +152,11 @@ def throughput_steps(method: MultiFCLMethod, setting: Setting):
     return adapters, extract, train
 
 
-def throughput(method: MultiFCLMethod, setting: Setting, seconds: float, peaks) -> dict:
-    """Images/s and MFU of extraction and training in fp32 (TF32 when on) and bf16."""
+def throughput(
+    method: MultiFCLMethod, setting: Setting, seconds: float, peaks
+) -> tuple[dict, dict]:
+    """Images/s (printed with MFU) of extraction and training in fp32 (TF32 when on) and
+    bf16; and the FLOPs per image of each step."""
     backbone = method.backbone
     adapters, extract, train = throughput_steps(method, setting)
     for value in adapters:
@@ -170,7 +173,6 @@ def throughput(method: MultiFCLMethod, setting: Setting, seconds: float, peaks) 
             f"  FLOPs per image (counted): extraction {flops['extract'] / 1e9:.4g} G, "
             f"training step {flops['train'] / 1e9:.4g} G (forward + backward to the adapters)"
         )
-        results["flops-per-image"] = flops
         for name, precision in stages:
             backbone.precision = precision
             math = fp32_math if precision == "fp32" else "bf16"
@@ -183,7 +185,7 @@ def throughput(method: MultiFCLMethod, setting: Setting, seconds: float, peaks) 
         for value in adapters:
             value.requires_grad_(False)
         backbone.precision = method.config.precision
-    return results
+    return results, flops
 
 
 def run_round(method, state, data, task, round_number, num_clients, device):
@@ -320,7 +322,8 @@ def check_stages(args, setting: Setting, clock: Clock, name: str) -> dict:
         f"[{clock.elapsed():5.1f} s] throughput (batch {setting.extract_batch} extract, "
         f"{setting.train_batch} train), {bench_seconds:g} s each:"
     )
-    results = {"images-per-second": throughput(probe, setting, bench_seconds, peak_tflops(name))}
+    rates, flops = throughput(probe, setting, bench_seconds, peak_tflops(name))
+    results = {"images-per-second": rates, "flops-per-image": flops}
     del probe
     device = backbone.device
     if device.type == "cuda":
@@ -330,7 +333,6 @@ def check_stages(args, setting: Setting, clock: Clock, name: str) -> dict:
         f"[{clock.elapsed():5.1f} s] MultiFCL, {setting.clients} clients, {TASKS_RUN} tasks x "
         f"{args.rounds} rounds x {args.epochs} epochs, precision {args.precision}:"
     )
-    rates = results["images-per-second"]
     results["federated"] = federated(setting, backbone, config, rates, clock)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
