@@ -7,6 +7,8 @@ final CIL accuracy row and Last/Avg are printed side by side:
 
     python benchmarks/precision_accuracy.py --data-root /abs/path/cifar10-jpg \\
         [--method prototypes] [--train-per-class 100]
+    python benchmarks/precision_accuracy.py --dataset digits --backbone vit-tiny \\
+        --method multifcl
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ def run(config: ExperimentConfig, out: Path, clients: int) -> tuple[list[float],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--dataset", default="imagefolder")
+    parser.add_argument("--data-root", type=Path, help="the image folder (imagefolder)")
     parser.add_argument("--method", default="prototypes")
     parser.add_argument("--backbone", default="efficientnet-lite0")
-    parser.add_argument("--train-per-class", type=int, default=100)
+    parser.add_argument("--train-per-class", type=int, default=100, help="0: all")
     parser.add_argument("--clients", type=int, default=2)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="precision-accuracy-"))
@@ -49,10 +52,10 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         config = ExperimentConfig(
             method=args.method,
-            dataset="imagefolder",
+            dataset=args.dataset,
             data_root=args.data_root,
             backbone=args.backbone,
-            max_train_per_class=args.train_per_class,
+            max_train_per_class=args.train_per_class or None,  # 0: every image
             precision=precision,
             use_text_init=False,
             output_dir=out / precision,
