@@ -1,23 +1,31 @@
-"""GPU check: ViT-B/16 throughput in fp32 and bf16, and MultiFCL round times, on one GPU.
+"""GPU check: ViT-B/16 throughput and model-FLOPs utilization, MultiFCL rounds, and the
+paper preset end to end, on one CUDA GPU.
 
-ViT-B/16 is built from its config with random weights (nothing is downloaded): speed does
-not depend on the weights. Data are CIFAR-100-shaped (100 classes, 500 train and 100 test
-images of 32x32 per class, 10 tasks), made in memory and resized to 224 px by the backbone.
-Stages, each timed and capped by the time budget:
+ViT-B/16 is built from its config with random weights (`vit-b16-random`; nothing is
+downloaded): speed does not depend on the weights. Data are CIFAR-100-shaped (100 classes,
+500 train and 100 test images of 32x32 per class, 10 tasks), made in memory and resized to
+224 px by the backbone. Stages, each timed and capped by the time budget:
 
-1. feature extraction images/s (no gradients, every expert tap) in fp32 and bf16;
-2. training images/s (forward and backward through the backbone into the adapters, the
-   experts' cross-entropy, an SGD step) in fp32 and bf16;
-3. MultiFCL (first-task bottleneck adapters, 4 experts) over 10 clients for 2 tasks: seconds
+1. images/s and MFU (benchmarks/model_flops.py: FLOPs per image counted on the step,
+   the GPU's dense peak by name) of feature extraction (no gradients, every expert tap)
+   in bf16 and in fp32 (TF32 unless --no-tf32), and of a training step (forward and
+   backward through the frozen backbone into the adapters, the experts' cross-entropy,
+   an SGD step) in fp32/TF32 (what `precision = "auto"` trains in) and bf16;
+2. MultiFCL (first-task bottleneck adapters, 4 experts) over 10 clients for 2 tasks: seconds
    per round (every client's `train_client` in turn, then the server's `merge`) and the
    server's evaluation seconds after each task; in task 2 one extra round without the
    feature cache, for the ratio. Work per client is cut (fewer images per class) when the
-   throughput measured in 1-2 says the rounds would not fit the budget.
+   throughput measured in 1 says the rounds would not fit the budget.
 
-Needs only python with torch (CUDA), transformers, peft and numpy, run from the repo root:
+`--paper` instead runs the CIFAR-100 10-task MultiFCL preset (10 clients, 5 rounds x 5
+epochs) through the real server loop (benchmarks/paper_preset.py) and prints its wall time
+and seconds per round against the paper's 228 s / 150 s. `--dry-run` runs the same code on
+the CPU in seconds (the 4-block `vit-tiny`, a few images; a test runs it).
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py [--json out.json]
-    PYTHONPATH=. python3 benchmarks/gpu_check.py --smoke     # tiny CPU run of every stage
+Needs python with torch (CUDA), transformers, peft and numpy (`--paper`: the project's
+requirements, flwr included), run from the repo root:
+
+    PYTHONPATH=. python3 benchmarks/gpu_check.py [--json out.json] [--paper] [--dry-run]
 """
 
 from __future__ import annotations
@@ -31,16 +39,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.model_flops import counted_flops, peak_tflops, utilization
+from benchmarks.paper_preset import DRY, PAPER, PRESET, run_paper_preset
 from multifcl.backbones import Backbone, load_backbone
-from multifcl.backbones.vision_transformer import TransformerBackbone
+from multifcl.backbones.loading import compile_backbone
+from multifcl.backbones.precision import pass_precision, tf32_enabled, use_tf32
 from multifcl.config import ExperimentConfig
-from multifcl.data import DatasetSplits, FederatedStream, InMemoryImages
+from multifcl.data import FederatedStream
+from multifcl.data.sources import synthetic_splits
 from multifcl.evaluation import evaluate_seen_tasks
 from multifcl.methods.multifcl import MultiFCLMethod
 from multifcl.metrics.resources import peak_rss_mb
@@ -52,7 +63,7 @@ TASKS_RUN = 2
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """What one check runs: the full GPU check or the CPU smoke version."""
+    """What one check runs: the full GPU check or the CPU dry run."""
 
     backbone: str
     device: str
@@ -63,8 +74,8 @@ class Setting:
     train_batch: int
 
 
-FULL = Setting("vit-b16", "cuda", 10, TRAIN_PER_CLASS, TEST_PER_CLASS, 256, 64)
-SMOKE = Setting("vit-tiny", "cpu", 2, 8, 4, 16, 16)
+FULL = Setting("vit-b16-random", "cuda", 10, TRAIN_PER_CLASS, TEST_PER_CLASS, 256, 64)
+DRY_RUN = Setting("vit-tiny", "cpu", 2, 4, 2, 16, 16)
 
 
 class Clock:
@@ -90,35 +101,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_backbone(setting: Setting) -> Backbone:
-    """ViT-B/16 (random weights, from its config) or, for the smoke run, the tiny preset."""
-    if setting.backbone == "vit-tiny":
-        return load_backbone("vit-tiny", setting.device)
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    model = ViTModel(ViTConfig(), add_pooling_layer=False)  # ViT-B/16 at 224 px
-    return TransformerBackbone(model, "vit-b16").to(setting.device)
-
-
-def cifar100_shaped(setting: Setting, seed: int = 0) -> DatasetSplits:
+def cifar100_shaped(setting: Setting, seed: int = 0):
     """Class-conditional 32x32 images: a fixed random pattern per class plus noise."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def make(per_class: int) -> InMemoryImages:
-        images = torch.empty(
-            (NUM_CLASSES * per_class, 3, SOURCE_SIZE, SOURCE_SIZE), dtype=torch.uint8
-        )
-        for c in range(NUM_CLASSES):  # one class at a time bounds the float memory
-            pattern = torch.rand((1, 3, SOURCE_SIZE, SOURCE_SIZE), generator=generator) * 255
-            noise = torch.randn((per_class, 3, SOURCE_SIZE, SOURCE_SIZE), generator=generator)
-            block = (pattern + 40 * noise).clamp(0, 255).to(torch.uint8)
-            images[c * per_class : (c + 1) * per_class] = block
-        labels = np.repeat(np.arange(NUM_CLASSES), per_class).astype(np.int64)
-        return InMemoryImages(images, labels)
-
-    names = [f"class {c}" for c in range(NUM_CLASSES)]
-    return DatasetSplits(make(setting.train_per_class), make(setting.test_per_class), names)
+    return synthetic_splits(
+        seed, NUM_CLASSES, setting.train_per_class, setting.test_per_class, SOURCE_SIZE
+    )
 
 
 def images_per_second(step: Callable[[], int], device: torch.device, seconds: float) -> float:
@@ -135,8 +122,8 @@ def images_per_second(step: Callable[[], int], device: torch.device, seconds: fl
     return images / (time.perf_counter() - started)
 
 
-def throughput(method: MultiFCLMethod, setting: Setting, seconds: float) -> dict:
-    """Feature-extraction and training images/s in fp32 and bf16."""
+def throughput_steps(method: MultiFCLMethod, setting: Setting):
+    """(extract, train) steps on random images; each returns the images it processed."""
     backbone, device = method.backbone, method.backbone.device
     images = torch.randint(0, 256, (setting.extract_batch, 3, SOURCE_SIZE, SOURCE_SIZE))
     images = images.to(torch.uint8)
@@ -149,34 +136,56 @@ def throughput(method: MultiFCLMethod, setting: Setting, seconds: float) -> dict
     optimizer = torch.optim.SGD(adapters, lr=0.01, momentum=0.9)
 
     @torch.no_grad()
-    def extract() -> int:
-        method.expert_features(backbone.preprocess(images))
-        return len(images)
+    def extract(count: int = setting.extract_batch) -> int:
+        method.expert_features(backbone.preprocess(images[:count]))
+        return count
 
-    def train() -> int:
-        pixels = backbone.preprocess(images[: setting.train_batch])
+    def train(count: int = setting.train_batch) -> int:
+        pixels = backbone.preprocess(images[:count])
         logits = method.experts.logits(method.expert_features(pixels))
-        loss = sum(F.cross_entropy(z, labels) for z in logits)
+        loss = sum(F.cross_entropy(z, labels[:count]) for z in logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return setting.train_batch
+        return count
 
-    results = {}
+    return adapters, extract, train
+
+
+def throughput(
+    method: MultiFCLMethod, setting: Setting, seconds: float, peaks
+) -> tuple[dict, dict]:
+    """Images/s (printed with MFU) of extraction and training in fp32 (TF32 when on) and
+    bf16; and the FLOPs per image of each step."""
+    backbone = method.backbone
+    adapters, extract, train = throughput_steps(method, setting)
     for value in adapters:
         value.requires_grad_(True)
+    fp32_math = "tf32" if backbone.device.type == "cuda" and tf32_enabled() else "fp32"
+    stages = (("extract", "bf16"), ("extract", "fp32"), ("train", "fp32"), ("train", "bf16"))
+    results: dict = {}
     try:
-        for precision in ("fp32", "bf16"):
+        flops = {
+            "extract": counted_flops(lambda: extract(2)),
+            "train": counted_flops(lambda: train(2)),
+        }
+        report(
+            f"  FLOPs per image (counted): extraction {flops['extract'] / 1e9:.4g} G, "
+            f"training step {flops['train'] / 1e9:.4g} G (forward + backward to the adapters)"
+        )
+        for name, precision in stages:
             backbone.precision = precision
-            for name, step in (("extract", extract), ("train", train)):
-                rate = images_per_second(step, device, seconds)
-                results[f"{name}-{precision}"] = rate
-                report(f"  {name:8s} {precision}: {rate:9.1f} images/s")
+            math = fp32_math if precision == "fp32" else "bf16"
+            step = extract if name == "extract" else train
+            rate = images_per_second(step, backbone.device, seconds)
+            results[f"{name}-{precision}"] = rate
+            mfu = utilization(rate, flops[name], math, peaks)
+            report(f"  {name:8s} {math:4s}: {rate:9.1f} images/s, {mfu}")
     finally:
         for value in adapters:
             value.requires_grad_(False)
         backbone.precision = method.config.precision
-    return results
+    return results, flops
 
 
 def run_round(method, state, data, task, round_number, num_clients, device):
@@ -201,10 +210,8 @@ def federated(
     per_class = setting.train_per_class
     task_images = per_class * NUM_CLASSES // NUM_TASKS
     # one extraction pass (the cache) and local epochs of training per task-1 round
-    train_rate, extract_rate = (
-        rates[f"train-{config.precision}"],
-        rates[f"extract-{config.precision}"],
-    )
+    train_rate = rates[f"train-{pass_precision(device, config.precision, True)}"]
+    extract_rate = rates[f"extract-{pass_precision(device, config.precision, False)}"]
     task1_round = task_images * (config.local_epochs / train_rate + 1 / extract_rate)
     task2_round = task_images / extract_rate  # the uncached comparison round
     needed = config.rounds_per_task * task1_round + task2_round + 20.0
@@ -248,36 +255,40 @@ def federated(
     return results
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU run of every stage")
+    parser.add_argument(
+        "--dry-run", "--smoke", action="store_true", help="tiny CPU run of every stage"
+    )
+    parser.add_argument("--paper", action="store_true", help="the paper preset end to end")
+    parser.add_argument("--preset", type=Path, default=PRESET, help="with --paper")
     parser.add_argument("--budget-seconds", type=float, default=330.0)
     parser.add_argument("--bench-seconds", type=float, default=10.0, help="per throughput stage")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per task")
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    setting = SMOKE if args.smoke else FULL
-    bench_seconds = 0.5 if args.smoke else args.bench_seconds
-    clock = Clock(args.budget_seconds)
-    if setting.device == "cuda" and not torch.cuda.is_available():
+    return parser.parse_args(argv)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's; exits when a CUDA run finds no GPU."""
+    if device.type == "cuda" and not torch.cuda.is_available():
         print(
             f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build "
-            f"{torch.version.cuda}); run on a machine with a GPU, or use --smoke",
+            f"{torch.version.cuda}); run on a machine with a GPU, or use --dry-run",
             file=sys.stderr,
         )
         sys.exit(2)
-    device = torch.device(setting.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    import transformers
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or "cpu"
 
-    report(
-        f"gpu_check on {name or 'cpu'}: torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"transformers {transformers.__version__}, python {platform.python_version()}, "
-        f"fp32 matmuls allow TF32: {torch.backends.cuda.matmul.allow_tf32}"
-    )
-    config = ExperimentConfig(
+
+def stage_config(args: argparse.Namespace, setting: Setting) -> ExperimentConfig:
+    return ExperimentConfig(
         method="multifcl",
         dataset="synthetic",  # only validated; the data come from `cifar100_shaped`
         num_tasks=NUM_TASKS,
@@ -288,44 +299,77 @@ def main() -> None:
         beta=0.5,
         device=setting.device,
         precision=args.precision,
+        tf32=args.tf32,
         use_text_init=False,  # the packaged text model is not needed for timings
     )
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    results: dict = {"device": name, "setting": dataclasses.asdict(setting), "args": arguments}
 
+
+def check_stages(args, setting: Setting, clock: Clock, name: str) -> dict:
+    """Stages 1 and 2: throughput and MFU, then MultiFCL rounds."""
+    config = stage_config(args, setting)
+    bench_seconds = 0.1 if args.dry_run else args.bench_seconds
     started = time.perf_counter()
-    backbone = build_backbone(setting)
-    backbone.precision = config.precision
+    backbone = load_backbone(setting.backbone, setting.device, precision=config.precision)
+    if args.compile:
+        compile_backbone(backbone)
     report(
         f"[{clock.elapsed():5.1f} s] backbone {setting.backbone}: {backbone.num_blocks} blocks, "
         f"d={backbone.feature_dim}, {backbone.image_size} px input, built in "
-        f"{time.perf_counter() - started:.1f} s"
+        f"{time.perf_counter() - started:.1f} s, compiled: {args.compile}"
     )
     probe = MultiFCLMethod(config, backbone, [f"class {c}" for c in range(NUM_CLASSES)])
     report(
         f"[{clock.elapsed():5.1f} s] throughput (batch {setting.extract_batch} extract, "
-        f"{setting.train_batch} train), {bench_seconds:.0f} s each:"
+        f"{setting.train_batch} train), {bench_seconds:g} s each:"
     )
-    results["images-per-second"] = throughput(probe, setting, bench_seconds)
+    rates, flops = throughput(probe, setting, bench_seconds, peak_tflops(name))
+    results = {"images-per-second": rates, "flops-per-image": flops}
     del probe
+    device = backbone.device
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     report(
         f"[{clock.elapsed():5.1f} s] MultiFCL, {setting.clients} clients, {TASKS_RUN} tasks x "
-        f"{args.rounds} rounds x {args.epochs} epochs, {args.precision}:"
+        f"{args.rounds} rounds x {args.epochs} epochs, precision {args.precision}:"
     )
-    results["federated"] = federated(setting, backbone, config, results["images-per-second"], clock)
+    results["federated"] = federated(setting, backbone, config, rates, clock)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
         results["peak-gpu-gib"] = peak
         report(f"  peak GPU memory (federated stage): {peak:.2f} GiB")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
+    setting = DRY_RUN if args.dry_run else FULL
+    clock = Clock(args.budget_seconds)
+    device = torch.device(setting.device)
+    name = device_name(device)
+    use_tf32(args.tf32, device)
+    import transformers
+
+    report(
+        f"gpu_check on {name}: torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"transformers {transformers.__version__}, python {platform.python_version()}, "
+        f"fp32 matmuls use TF32: {device.type == 'cuda' and tf32_enabled()}"
+    )
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results: dict = {"device": name, "setting": dataclasses.asdict(setting), "args": arguments}
+    if args.paper:
+        changes = {"precision": args.precision, "tf32": args.tf32, "compile": args.compile}
+        shape = DRY if args.dry_run else PAPER
+        results["paper"] = run_paper_preset(shape, args.preset, setting.device, changes, report)
+    else:
+        results.update(check_stages(args, setting, clock, name))
     rss = peak_rss_mb() / 2**10
     results["peak-rss-gib"] = rss
     results["total-seconds"] = clock.elapsed()
     report(f"peak host RSS {rss:.2f} GiB; gpu_check finished in {clock.elapsed():.1f} s")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ ETF_MAPS = ("batchnorm-linear", "linear", "batchnorm")
 LR_SCHEDULES = ("constant", "cosine", "tempbalance")
 LWF_CE_CLASSES = ("task", "seen")
 LOGGERS = ("none", "tensorboard", "wandb")  # `logger`: one, or several joined by commas
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 TRANSMIT_DTYPES = ("float32", "float16")
 EVAL_CANONICALIZATIONS = ("none", "equizero")
 ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
@@ -69,7 +69,11 @@ class ExperimentConfig:
     image_size: int = 0  # 0: the backbone's own input size
     augment: str = "none"  # "standard": PILOT's random resized crop and flip while training
     # Performance (README "Performance"): none of these changes results, except bf16/float16
-    precision: str = "fp32"  # "bf16": backbone passes under bf16 autocast
+    precision: str = "auto"  # bf16 autocast for no-grad backbone passes on CUDA; fp32 on CPU
+    tf32: bool = True  # CUDA float32 matmuls may use TF32 tensor cores
+    extract_batch_size: int = 0  # no-grad feature passes; 0: batch-size (CPU), most that fit (CUDA)
+    eval_batch_size: int = 0  # server evaluation batches; 0 as extract-batch-size
+    compile: bool = False  # torch.compile the backbone's stem and blocks
     cache_features: bool | str = True  # frozen encoder: one pass per sample per task; "force"
     feature_cache_mb: int = 4096  # cached features kept in memory per process; more spill to disk
     transmit_dtype: str = "float32"  # float arrays of client uploads on the wire
@@ -196,6 +200,7 @@ class ExperimentConfig:
         not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
         not_negative += ("expected-clients", "max-round-retries", "analytic-projection-dim")
         not_negative += ("fedproto-lambda",)
+        not_negative += ("extract-batch-size", "eval-batch-size")
         for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
                 raise ConfigError(

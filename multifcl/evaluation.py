@@ -30,7 +30,6 @@ from multifcl.data import FederatedStream, InMemoryImages, Task
 from multifcl.equizero import equizero_accuracies
 from multifcl.features import FeatureCache, FeatureKey, feature_cache_for
 from multifcl.methods import Method, State
-from multifcl.methods.base import batches
 
 
 @dataclass
@@ -92,15 +91,10 @@ def _evaluate(
     cil, til, correct_total, count_total = [], [], 0, 0
     for index in range(current.index + 1):
         task = data.stream.task(index)
-        correct_cil = correct_til = 0
         test_set = data.test_set(task)
         progress.task(index + 1, len(test_set))
-        for logits, labels in scored_batches(method, state, test_set, task.index, split, cache):
-            logits = logits.float().cpu()
-            correct_cil += int((logits[:, :seen].argmax(1) == labels).sum())
-            task_logits = logits[:, task.classes.start : task.classes.stop]
-            correct_til += int((task_logits.argmax(1) + task.classes.start == labels).sum())
-            progress.scored(len(labels))
+        scored = scored_batches(method, state, test_set, task.index, split, cache)
+        correct_cil, correct_til = _count_correct(scored, task, seen, progress)
         total = max(len(test_set), 1)
         cil.append(100.0 * correct_cil / total)
         til.append(100.0 * correct_til / total)
@@ -197,22 +191,51 @@ def seen_class_predictions(
     return torch.cat([logits.float().cpu()[:, :seen].argmax(1) for logits, _ in scored]).numpy()
 
 
+def _count_correct(
+    scored: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    task: Task,
+    seen: int,
+    progress: EvaluationProgress,
+) -> tuple[int, int]:
+    """(CIL, TIL) correct predictions over the (logits, labels) batches, counted where the
+    logits are and read back once (no host synchronization per batch)."""
+    hits = None
+    for logits, labels in scored:
+        logits, labels = logits.float(), to_device(labels, logits.device)
+        task_logits = logits[:, task.classes.start : task.classes.stop]
+        batch = torch.stack(
+            [
+                (logits[:, :seen].argmax(1) == labels).sum(),
+                (task_logits.argmax(1) + task.classes.start == labels).sum(),
+            ]
+        )
+        hits = batch if hits is None else hits + batch
+        progress.scored(len(labels))
+    if hits is None:
+        return 0, 0
+    correct_cil, correct_til = hits.tolist()
+    return int(correct_cil), int(correct_til)
+
+
 def _pixel_logits(
     method: Method, state: State, test_set: InMemoryImages
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, labels) batches from the classifier on pixels."""
+    """(logits, labels) batches from the classifier on pixels (`eval-batch-size`)."""
     classifier = method.classifier(state)
-    for images, labels in batches(test_set, method.config.batch_size):
-        yield classifier(method.backbone.preprocess(images)), labels
+    images, labels = test_set.images, torch.as_tensor(test_set.labels)
+    for start, stop, logits in method.eval_batches.map(
+        len(labels), lambda a, b: classifier(method.backbone.preprocess(images[a:b]))
+    ):
+        yield logits, labels[start:stop]
 
 
 def _feature_logits(
     split, features: list[torch.Tensor], test_set: InMemoryImages, method: Method
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, labels) batches from the head on stored features."""
+    """(logits, labels) batches from the head on stored features (`eval-batch-size`)."""
     device = method.backbone.device
-    labels = torch.as_tensor(test_set.labels)
-    size = method.config.batch_size
-    for start in range(0, len(labels), size):
-        batch = [to_device(f[start : start + size], device) for f in features]
-        yield split.head(batch), labels[start : start + size]
+    labels = to_device(torch.as_tensor(test_set.labels), device)  # one copy, not per batch
+    for start, stop, logits in method.eval_batches.map(
+        len(labels), lambda a, b: split.head([to_device(f[a:b], device) for f in features])
+    ):
+        yield logits, labels[start:stop]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from multifcl.backbones import Backbone, load_backbone
+from multifcl.backbones.loading import compile_backbone
+from multifcl.backbones.precision import use_tf32
 from multifcl.compute_threads import use_threads
 from multifcl.config import ExperimentConfig
 from multifcl.config_names import check_names
@@ -30,6 +32,9 @@ def load_experiment(config: ExperimentConfig) -> Experiment:
     use_threads(config.torch_threads)
     check_data_present(config)  # a missing data set is named before a large model loads
     backbone = load_backbone(config.backbone, config.device, config.image_size, config.precision)
+    use_tf32(config.tf32, backbone.device)  # process-wide; CUDA only
+    if config.compile:
+        compile_backbone(backbone)
     data = FederatedStream(load_splits(config, backbone.image_size), config)
     method = build_method(config, backbone, data.stream.class_names)
     return Experiment(config, backbone, data, method)

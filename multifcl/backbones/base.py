@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from multifcl.backbones.host_transfer import to_device
-from multifcl.backbones.precision import backbone_autocast
+from multifcl.backbones.pass_batches import PassBatches
+from multifcl.backbones.precision import backbone_autocast, pass_precision
 
 AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -39,7 +40,7 @@ class Backbone(nn.Module):
     feature_dim: int
     lora_targets: tuple[str, ...]
     token_features: bool  # True: blocks output N x tokens x d; False: N x C x H x W
-    precision: str = "fp32"  # "bf16": passes run under bf16 autocast, features leave as fp32
+    precision: str = "fp32"  # "bf16"/"auto" (precision.py): autocast; features leave as fp32
 
     def __init__(
         self, name: str, image_size: int, mean: Sequence[float], std: Sequence[float]
@@ -82,6 +83,11 @@ class Backbone(nn.Module):
             size = (self.image_size, self.image_size)
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         return (pixels - self.mean) / self.std
+
+    @property
+    def frozen_precision(self) -> str:
+        """What passes without gradients run at (what cached features were computed at)."""
+        return pass_precision(self.device, self.precision, grad_enabled=False)
 
     def autocast(self):
         """The autocast context of this backbone's passes (`precision`)."""
@@ -129,12 +135,13 @@ class Backbone(nn.Module):
         return final.float()
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Final features of uint8 images, computed in batches without gradients."""
-        batches = [
-            self(self.preprocess(images[start : start + batch_size]))
-            for start in range(0, len(images), batch_size)
-        ]
+    def encode(self, images: torch.Tensor, batches: int | PassBatches) -> torch.Tensor:
+        """Final features of uint8 images, computed in batches (a size, or `PassBatches`)
+        without gradients."""
+        if isinstance(batches, int):
+            batches = PassBatches("encode", batches, batches, self.device)
+        parts = batches.map(len(images), lambda a, b: self(self.preprocess(images[a:b])))
+        batches = [features for _, _, features in parts]
         if not batches:
             return torch.zeros(0, self.feature_dim, device=self.device)
         return torch.cat(batches)

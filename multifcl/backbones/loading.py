@@ -49,3 +49,14 @@ def load_backbone(
         backbone = load_hugging_face_vit(name)
     backbone.precision = precision
     return backbone.to(resolve_device(device))
+
+
+def compile_backbone(backbone: Backbone) -> None:
+    """`torch.compile` the stem and every block in place (`compile = true`): parameter
+    names and adapters' hooks are unchanged; the first passes of each shape compile."""
+    if getattr(backbone, "compiled", False):
+        return
+    backbone.stem.compile()
+    for block in backbone.blocks:
+        block.compile()
+    backbone.compiled = True

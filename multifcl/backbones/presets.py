@@ -24,4 +24,12 @@ def build_vit_tiny() -> ViTModel:
         return ViTModel(config, add_pooling_layer=False)
 
 
-PRESETS = {"vit-tiny": build_vit_tiny}
+def build_vit_b16_random() -> ViTModel:
+    """ViT-B/16 at 224 px (12 blocks, 768 wide) from its config, random weights: NOT
+    pretrained; the paper backbone's shape and cost, for timings without a download."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(PRESET_SEED)
+        return ViTModel(ViTConfig(), add_pooling_layer=False)
+
+
+PRESETS = {"vit-tiny": build_vit_tiny, "vit-b16-random": build_vit_b16_random}

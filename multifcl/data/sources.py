@@ -74,18 +74,29 @@ def load_digits_splits(config: ExperimentConfig, image_size: int) -> DatasetSpli
 
 def load_synthetic_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:
     """Class-conditional images made in memory: a fixed random pattern per class plus noise."""
-    generator = torch.Generator().manual_seed(config.seed)
-    shape = (SYNTHETIC_CLASSES, 3, SYNTHETIC_SIZE, SYNTHETIC_SIZE)
+    return synthetic_splits(
+        config.seed, SYNTHETIC_CLASSES, SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_SIZE
+    )
+
+
+def synthetic_splits(
+    seed: int, classes: int, train_per_class: int, test_per_class: int, size: int
+) -> DatasetSplits:
+    """`classes` random patterns of `size` x `size` pixels plus noise, per class
+    `train_per_class` training and `test_per_class` test images (also the benchmarks'
+    CIFAR-100-shaped data)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (classes, 3, size, size)
     patterns = torch.rand(shape, generator=generator) * 255.0
 
     def make(per_class: int) -> InMemoryImages:
-        labels = np.repeat(np.arange(SYNTHETIC_CLASSES), per_class)
+        labels = np.repeat(np.arange(classes), per_class)
         noise = torch.randn((len(labels), *shape[1:]), generator=generator) * 40.0
         images = (patterns[torch.as_tensor(labels)] + noise).clamp(0, 255).to(torch.uint8)
         return InMemoryImages(images, labels.astype(np.int64))
 
-    names = [f"pattern {index}" for index in range(SYNTHETIC_CLASSES)]
-    return DatasetSplits(make(SYNTHETIC_TRAIN), make(SYNTHETIC_TEST), names)
+    names = [f"pattern {index}" for index in range(classes)]
+    return DatasetSplits(make(train_per_class), make(test_per_class), names)
 
 
 def load_imagefolder_splits(config: ExperimentConfig, image_size: int) -> DatasetSplits:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from multifcl.aggregation import MergeRule, merge_class_rows
 from multifcl.backbones import Backbone
+from multifcl.backbones.host_transfer import to_device
 from multifcl.backbones.text_encoders import load_text_encoder
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
@@ -144,10 +145,12 @@ class PrototypeExperts(Experts):
         use_text = use_text and self.class_text is not None and task.index > 0
         old = range(task.classes.start)
         for c in classes:
-            mask = labels == c
+            # the class's sample indices, found on the host (labels live there): indexing
+            # the features with them needs no device-to-host read, unlike a boolean mask
+            samples = (labels.cpu() == c).nonzero().squeeze(1)
             init = [None] * len(self.prototypes)
             if use_text:
-                query = self._query(c, features, mask)
+                query = self._query(c, features, samples)
                 indices, weights = nearest_old_classes(
                     query,
                     self.class_text[old.start : old.stop],
@@ -159,17 +162,17 @@ class PrototypeExperts(Experts):
                     for p in self.prototypes
                 ]
             for m, matrix in enumerate(self.prototypes):
-                local = features[m][mask.to(features[m].device)].to(matrix.dtype)
+                local = features[m][to_device(samples, features[m].device)].to(matrix.dtype)
                 if init[m] is not None:  # on the prototypes' scale
                     local = self.as_row(local)
                 row = refine_prototype(init[m], local, self.config.prototype_refine)
                 matrix[c] = self.as_row(row.detach())
 
-    def _query(self, c: int, features, mask: torch.Tensor) -> torch.Tensor:
-        """The image feature of the class's first local sample, in text space when aligned;
-        otherwise the text feature of its name."""
+    def _query(self, c: int, features, samples: torch.Tensor) -> torch.Tensor:
+        """The image feature of the class's first local sample (`samples`: its indices), in
+        text space when aligned; otherwise the text feature of its name."""
         if self.text_encoder.aligned:
-            first = features[-1][int(mask.nonzero()[0])].unsqueeze(0)
+            first = features[-1][to_device(samples[:1], features[-1].device)]
             return self.text_encoder.project_images(first)[0]
         return self.class_text[c]
 

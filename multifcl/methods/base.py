@@ -15,6 +15,7 @@ from torch import nn
 
 from multifcl.aggregation import MergeRule
 from multifcl.backbones import Backbone
+from multifcl.backbones.pass_batches import PassBatches, evaluation_batches, extraction_batches
 from multifcl.config import ExperimentConfig
 from multifcl.data import InMemoryImages, Task
 from multifcl.features import FeatureCache, FeatureSplit
@@ -71,6 +72,16 @@ class Method(ABC):
         self.num_classes = len(class_names)
         # how `merge` combines the clients' values of a row or array (`robust-merge`)
         self.merge_rule = MergeRule(config.robust_merge, config.robust_trim_fraction)
+
+    @property
+    def extract_batches(self) -> PassBatches:
+        """Batches of this method's feature passes (`extract-batch-size`)."""
+        return extraction_batches(self.config, self.backbone.device)
+
+    @property
+    def eval_batches(self) -> PassBatches:
+        """Batches of the server's evaluation passes (`eval-batch-size`)."""
+        return evaluation_batches(self.config, self.backbone.device)
 
     @abstractmethod
     def initial_state(self) -> State:

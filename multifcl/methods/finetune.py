@@ -16,6 +16,7 @@ from torch import nn
 
 from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
+from multifcl.backbones.host_transfer import to_device
 from multifcl.data import InMemoryImages, Task
 from multifcl.data.augmentation import TrainAugmentation
 from multifcl.heads.etf import ETFHead, ETFObjective, mean_pairwise_class_mean_cosine
@@ -28,7 +29,7 @@ from multifcl.methods.base import (
     UpdateLayout,
     batches,
 )
-from multifcl.optim.local_training import LocalTraining
+from multifcl.optim.local_training import LocalTraining, LossSum
 
 
 class TrainableTop(nn.Module):
@@ -127,16 +128,15 @@ class FinetuneMethod(Method):
         generator = torch.Generator().manual_seed(seed)
         augment = TrainAugmentation(self.config.augment, self.backbone.image_size, seed)
         seen = task.seen_classes.stop
-        total_loss, total_seen = 0.0, 0
+        losses = LossSum()
         self.model.head.train()  # an ETF's BatchNorm map uses batch statistics while training
         try:
             for _ in range(self.config.local_epochs):
                 training.start_epoch()
                 for images, labels in batches(data, self.config.batch_size, generator):
                     pixels = self.backbone.preprocess(augment(images, self.backbone.device))
-                    labels = labels.to(pixels.device)
-                    total_loss += training.step(self._loss, pixels, labels, seen) * len(labels)
-                    total_seen += len(labels)
+                    labels = to_device(labels, pixels.device)
+                    losses.add(training.step(self._loss, pixels, labels, seen), len(labels))
         finally:
             self.model.head.eval()
         training.finish()  # nothing perturbed leaves the client
@@ -146,7 +146,7 @@ class FinetuneMethod(Method):
         return ClientUpdate(
             self._current_state(),
             num_examples=len(data),
-            train_loss=total_loss / max(total_seen, 1),
+            train_loss=losses.mean(),
             metrics=metrics,
         )
 

@@ -23,6 +23,7 @@ from multifcl.adapters import NO_ADAPTERS, AdapterPolicy, build_adapters
 from multifcl.adapters.state import ADAPTER_PREFIX, ADAPTER_ROUNDS, AdapterSets
 from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
+from multifcl.backbones.host_transfer import to_device
 from multifcl.config import FORCE_CACHE, ExperimentConfig
 from multifcl.data import InMemoryImages, Task
 from multifcl.data.augmentation import TrainAugmentation
@@ -47,7 +48,7 @@ from multifcl.methods.base import (
     State,
     UpdateLayout,
 )
-from multifcl.optim.local_training import LocalTraining
+from multifcl.optim.local_training import LocalTraining, LossSum
 from multifcl.optim.tempbalance import TempBalance
 
 __all__ = ["ADAPTER_PREFIX", "ADAPTER_ROUNDS", "COUNTS", "MultiFCLMethod"]
@@ -110,17 +111,18 @@ class MultiFCLMethod(Method):
 
     @torch.no_grad()
     def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        batch = self.config.batch_size
         parts = [
-            self.expert_features(self.encoder.preprocess(images[start : start + batch]))
-            for start in range(0, len(images), batch)
+            features
+            for _, _, features in self.extract_batches.map(
+                len(images), lambda a, b: self.expert_features(self.encoder.preprocess(images[a:b]))
+            )
         ]
         return [torch.cat([part[m] for part in parts]) for m in range(len(self.taps))]
 
     def _encoder_fingerprint(self, state: State) -> str:
         """Everything upstream of the experts: backbone, precision, taps, adapter weights."""
         backbone = self.backbone
-        description = (backbone.name, backbone.precision, str(backbone.image_size))
+        description = (backbone.name, backbone.frozen_precision, str(backbone.image_size))
         description += (str(self.taps), self.config.adapter, str(self.config.adapter_rank))
         adapters = {k: v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
         return encoder_fingerprint(description, adapters)
@@ -211,31 +213,44 @@ class MultiFCLMethod(Method):
         generator = torch.Generator().manual_seed(client.seed)
         augment = TrainAugmentation(config.augment, self.encoder.image_size, client.seed)
         seen = client.task.seen_classes.stop
-        total, count = 0.0, 0
+        losses = LossSum()
+        labels = to_device(client.labels, self.encoder.device)  # one copy per round
         for _ in range(config.local_epochs):
             training.start_epoch()
             experts.start_epoch(training)
             order = torch.randperm(len(data), generator=generator)
+            on_device = to_device(order, self.encoder.device)  # one copy per epoch
             for start in range(0, len(data), config.batch_size):
                 index = order[start : start + config.batch_size]
-                inputs = self._batch_inputs(client, index, augment)
-                target = client.labels[index].to(self.encoder.device)
-                loss = training.step(self._loss, inputs, target, seen, experts.final_only)
-                total += loss * len(index)
-                count += len(index)
+                device_index = on_device[start : start + config.batch_size]
+                inputs = self._batch_inputs(client, index, device_index, augment)
+                loss = training.step(
+                    self._loss, inputs, labels[device_index], seen, experts.final_only
+                )
+                losses.add(loss, len(index))
             experts.end_epoch(training)
         training.finish()  # MSAM: nothing perturbed leaves the client
         for value in adapter_parameters + experts.trained:
             value.requires_grad_(False)
-        return total / max(count, 1), training.seconds_per_step
+        return losses.mean(), training.seconds_per_step
 
-    def _batch_inputs(self, client: ClientRound, index: torch.Tensor, augment: TrainAugmentation):
-        """What one step reads: pixels when an adapter set trains; with the encoder frozen,
-        the round's features, or (under `augment`, unless `cache-features = "force"`) the
-        features of this epoch's augmented pixels."""
+    def _batch_inputs(
+        self,
+        client: ClientRound,
+        index: torch.Tensor,
+        device_index: torch.Tensor,
+        augment: TrainAugmentation,
+    ):
+        """What one step reads (samples `index`, the same on the device: `device_index`):
+        pixels when an adapter set trains; with the encoder frozen, the round's features,
+        or (under `augment`, unless `cache-features = "force"`) the features of this
+        epoch's augmented pixels."""
         reuse = not augment.enabled or self.config.cache_features == FORCE_CACHE
         if client.training_set is None and reuse:
-            return [f[index.to(f.device)] for f in client.features]
+            return [
+                f[device_index if f.device == device_index.device else index]
+                for f in client.features
+            ]
         images = augment(client.data.images[index], self.encoder.device)
         pixels = self.encoder.preprocess(images)
         if client.training_set is not None:

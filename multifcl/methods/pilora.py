@@ -68,11 +68,13 @@ from torch import nn
 
 from multifcl.adapters import LoraAdapters, set_name
 from multifcl.aggregation import merge_class_rows, weighted_average
+from multifcl.backbones.host_transfer import to_device
 from multifcl.data import InMemoryImages, Task
 from multifcl.data.augmentation import TrainAugmentation
 from multifcl.features import FeatureSplit, encoder_fingerprint
 from multifcl.losses.orthogonality import orthogonality_loss
 from multifcl.methods.base import SECONDS_PER_STEP, ClientUpdate, Method, State, UpdateLayout
+from multifcl.optim.local_training import LossSum
 
 LORA_BLOCKS = (0,)  # LoRA in the first block only (federated_main.py:87)
 PROTOTYPE_INIT_SCALE = 0.1  # prototypes start at 0.1 x randn (VLT.py:79)
@@ -241,12 +243,14 @@ class PiLoRAMethod(Method):
         feature_counts = torch.zeros(len(rows), device=device)
         generator = torch.Generator().manual_seed(seed)
         augment = TrainAugmentation(config.augment, self.encoder.image_size, seed)
-        total, count, seconds, steps = 0.0, 0, 0.0, 0
+        losses, seconds, steps = LossSum(), 0.0, 0
+        device_labels = to_device(labels, device)  # one copy per round
         for _ in range(config.local_epochs):
             order = torch.randperm(len(data), generator=generator)
+            on_device = to_device(order, device)  # one copy per epoch
             for start in range(0, len(data), config.batch_size):
                 index = order[start : start + config.batch_size]
-                target = labels[index].to(device)
+                target = device_labels[on_device[start : start + config.batch_size]]
                 started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 images = augment(data.images[index], device)
@@ -258,7 +262,7 @@ class PiLoRAMethod(Method):
                 loss.backward()
                 optimizer.step()
                 seconds, steps = seconds + time.perf_counter() - started, steps + 1
-                total, count = total + float(loss.detach()) * len(index), count + len(index)
+                losses.add(loss, len(index))
                 local = target - rows.start
                 feature_sums.index_add_(0, local, features.detach())
                 feature_counts.index_add_(0, local, torch.ones_like(local, dtype=torch.float32))
@@ -276,7 +280,7 @@ class PiLoRAMethod(Method):
             **self._set_arrays([task.index]),
         }
         metrics = {SECONDS_PER_STEP: seconds / max(steps, 1)}
-        return ClientUpdate(arrays, len(data), total / max(count, 1), metrics)
+        return ClientUpdate(arrays, len(data), losses.mean(), metrics)
 
     # --- server ----------------------------------------------------------------------------
     def update_layout(self, state: State, task: Task) -> UpdateLayout:
@@ -347,12 +351,12 @@ class PiLoRAMethod(Method):
         """The global model's LoRA never trains on the server: its final features cache."""
         classifier = self.classifier(state)
         backbone, task = self.backbone, int(state[SCHEDULE][0])
-        description = (backbone.name, backbone.precision, str(backbone.image_size))
+        description = (backbone.name, backbone.frozen_precision, str(backbone.image_size))
         description += ("pilora", str(self.config.pilora_rank), str(task))
         sets = {k: v for k, v in state.items() if k.startswith(ADAPTER_PREFIX)}
         return FeatureSplit(
             encoder_fingerprint(description, sets),
-            lambda images: [self.encoder.encode(images, self.config.batch_size)],
+            lambda images: [self.encoder.encode(images, self.extract_batches)],
             lambda features: -prototype_distances(features[-1], classifier.prototypes),
         )
 

@@ -29,7 +29,7 @@ class PrototypesMethod(Method):
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
         self.feature_cache = feature_cache_for(config, "train")
-        backbone_description = (backbone.name, backbone.precision, str(backbone.image_size))
+        backbone_description = (backbone.name, backbone.frozen_precision, str(backbone.image_size))
         self.encoder_fingerprint = encoder_fingerprint(backbone_description, {})
 
     def initial_state(self) -> State:
@@ -62,7 +62,7 @@ class PrototypesMethod(Method):
         return self.feature_cache.get_or_compute(key, lambda: self._encode(data.images))[0]
 
     def _encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.backbone.encode(images, self.config.batch_size)]
+        return [self.backbone.encode(images, self.extract_batches)]
 
     def update_layout(self, state: State, task: Task) -> UpdateLayout:
         rows = {"class-means": "prototypes", "class-counts": "class-counts"}

@@ -88,8 +88,9 @@ class LocalTraining:
         progress = self.steps / self.total_steps
         return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * progress))
 
-    def step(self, compute_loss: Callable[..., torch.Tensor], *inputs) -> float:
-        """One optimizer step on `compute_loss(*inputs)` (SAM evaluates it twice)."""
+    def step(self, compute_loss: Callable[..., torch.Tensor], *inputs) -> torch.Tensor:
+        """One optimizer step on `compute_loss(*inputs)` (SAM evaluates it twice); the loss,
+        detached and left on its device (reading it would wait for the GPU)."""
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
@@ -105,7 +106,7 @@ class LocalTraining:
         loss = self.optimizer.step(closure)
         self.seconds += time.perf_counter() - started
         self.steps += 1
-        return float(loss.detach())
+        return loss.detach()
 
     @property
     def seconds_per_step(self) -> float:
@@ -114,3 +115,23 @@ class LocalTraining:
     def finish(self) -> None:
         """Leave the unperturbed weights in the model (MSAM); no-op for other optimizers."""
         restore_unperturbed(self.optimizer)
+
+
+class LossSum:
+    """The sample-weighted sum of a round's step losses, kept on the losses' device in
+    float64 and read once at the end (a read per step would stop the host at every step).
+    The same sums, in the same order, as adding Python floats."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        term = loss.detach().double() * samples
+        self.total = term if self.total is None else self.total + term
+        self.count += samples
+
+    def mean(self) -> float:
+        """The mean loss per sample (0 with no step)."""
+        total = 0.0 if self.total is None else float(self.total)
+        return total / max(self.count, 1)
