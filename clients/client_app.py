@@ -17,13 +17,12 @@ from multifcl.metrics.resources import (
     release_cached_gpu_memory,
 )
 from multifcl.seeding import derive_seed
+from protocol.broadcast import assemble_state, missing_content
 from protocol.messages import (
-    ARRAYS,
     CLAIM,
     CONFIG,
     NUM_PARTITIONS,
     PARTITION_ID,
-    record_to_state,
     update_to_content,
 )
 
@@ -84,11 +83,13 @@ def train(msg: Message, context: Context) -> Message:
             f"this SuperNode holds {PARTITION_ID}={client} now but proved {proved} at the "
             "handshake: its node config changed during the run (resume the run instead)"
         )
+    state = assemble_state(msg.content, context.state)  # the chunks sent and those held
+    if state is None:  # a chunk neither sent nor held (intact): the server resends it whole
+        return Message(missing_content(), reply_to=msg)
     experiment = load_experiment(config)
     task = experiment.data.stream.task(int(round_config["task"]))
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
-    state = record_to_state(msg.content[ARRAYS])
     started = time.perf_counter()
     update = experiment.method.train_client(state, data, task, seed)
     update.metrics[CLIENT_SECONDS] = time.perf_counter() - started
