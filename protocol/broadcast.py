@@ -29,8 +29,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from multifcl.methods import State
 
 MANIFEST = "manifest"  # ArrayRecord: state key -> uint8 (chunks, DIGEST_BYTES) digests
-CHUNKS = "chunks"  # ArrayRecord: digest (hex) -> chunk, the ones the node lacks
-STORE = "broadcast-store"  # the node's context.state record of the last state's chunks
+CHUNKS = "chunks"  # ArrayRecord: state key -> the chunks of it the node lacks, stacked
+STORE = "broadcast-store"  # the node's context.state record: digest (hex) -> chunk
 MISSING = "broadcast-missing"  # a node's reply when it cannot assemble the state
 DIGEST_BYTES = 16  # 128 bits of SHA-256: an accidental collision is out of reach
 ROW_CHUNK_BYTES = 1024  # arrays whose rows are at least this large travel row by row
@@ -83,38 +83,55 @@ class ChunkedState:
         )
 
     def chunks_record(self, held: frozenset[bytes] = frozenset()) -> ArrayRecord:
-        """The chunks a node holding `held` lacks, named by their digests in hex."""
-        return ArrayRecord(
-            {d.hex(): Array(chunk) for d, chunk in self.chunks.items() if d not in held}
-        )
+        """The chunks a node holding `held` lacks: for each array, its lacking rows stacked
+        in manifest order (an array of one chunk: that chunk). One Array per state key,
+        not per row: a row of its own would add about 440 bytes of Flower's framing."""
+        record = ArrayRecord()
+        for key, digests in self.manifest.items():
+            lacking = [d for d in dict.fromkeys(digests) if d not in held]
+            if lacking:
+                parts = [self.chunks[d] for d in lacking]
+                record[key] = Array(parts[0] if len(digests) == 1 else np.concatenate(parts))
+        return record
 
 
 def assemble_state(content: RecordDict, node_state: RecordDict) -> State | None:
-    """The state a train message carries, from its chunks and the node's store (each digest
-    checked on use), or None when a chunk is absent or does not match its digest. On
+    """The state a train message carries, from its chunks and the node's store, or None
+    when a chunk is in neither. A chunk is found by the digest of its content (computed
+    here, for the chunks sent and those stored alike), so a damaged one is never used. On
     success the node's store becomes exactly this state's chunks."""
-    sent, stored = content[CHUNKS], node_state.get(STORE, ArrayRecord())
+    manifest = {key: _digests(array) for key, array in content[MANIFEST].items()}
+    received = {}
+    for key, array in content[CHUNKS].items():
+        value = array.numpy()
+        parts = (
+            [value] if len(manifest[key]) == 1 else [value[i : i + 1] for i in range(len(value))]
+        )
+        received.update((chunk_digest(part), part) for part in parts)
+    stored = node_state.get(STORE, ArrayRecord())
     state, kept = {}, {}
-    for key, table in content[MANIFEST].items():
-        parts = []
-        for digest in table.numpy().reshape(-1, DIGEST_BYTES):
-            name = digest.tobytes().hex()
-            chunk = _verified(sent, name) if name in sent else _verified(stored, name)
-            if chunk is None:
-                return None
-            parts.append(chunk)
-            kept[name] = chunk
+    for key, digests in manifest.items():
+        parts = [received.get(d) if d in received else _verified(stored, d) for d in digests]
+        if any(part is None for part in parts):
+            return None
+        kept.update(zip(digests, parts, strict=True))
         state[key] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    node_state[STORE] = ArrayRecord({name: Array(chunk) for name, chunk in kept.items()})
+    node_state[STORE] = ArrayRecord({d.hex(): Array(part) for d, part in kept.items()})
     return state
 
 
-def _verified(record: ArrayRecord, name: str) -> np.ndarray | None:
-    """The chunk `name` of `record` when its content has that digest, else None."""
+def _digests(table: Array) -> list[bytes]:
+    """A manifest entry's digests, in order."""
+    return [row.tobytes() for row in table.numpy().reshape(-1, DIGEST_BYTES)]
+
+
+def _verified(record: ArrayRecord, digest: bytes) -> np.ndarray | None:
+    """The stored chunk named `digest` when its content has that digest, else None."""
+    name = digest.hex()
     if name not in record:
         return None
     chunk = record[name].numpy()
-    return chunk if chunk_digest(chunk).hex() == name else None
+    return chunk if chunk_digest(chunk) == digest else None
 
 
 def missing_content() -> RecordDict:
