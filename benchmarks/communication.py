@@ -1,11 +1,22 @@
-"""Parameters MultiFCL sends per round, counted from the arrays the method really produces.
+"""Parameters MultiFCL sends per round, counted from the arrays the method really produces,
+and the bytes the server sends down over the paper's setting, before and after delta
+broadcasts.
 
 The ViT-B/16 architecture is built from its config with random weights (no download);
 weights do not change the counts. The stream is CIFAR-100-shaped: 100 classes in 10 tasks.
 Each task, one client holding one image of each of the task's 10 classes trains one round
 (`train_client`, the real client step); its upload and the server's broadcast are counted.
 
-    python benchmarks/communication.py [--num-experts 4] [--adapter-rank 8]
+Then the paper's setting (`--clients` 10 x 10 tasks x `--rounds` 5) runs through the real
+`RoundRunner` (messages, update validation, merge, `end_task`) over in-process nodes that
+assemble each message with the ClientApp's own `assemble_state` and reply with an update of
+the method's exact layout (random rows; no training, which would not change the sizes):
+bytes down per round as `rounds.csv` records them (the serialized messages), with every
+node sent the whole state every round ("full broadcast") and with each node sent only the
+chunks it lacks ("delta broadcast"), and the whole state as one ArrayRecord (the format
+before delta broadcasts).
+
+    python benchmarks/communication.py [--num-experts 4] [--adapter-rank 8] [--clients 10]
 
 `later_task_upload` gives the bytes of a later-task upload as Flower serializes it, against
 sending every class's prototypes and against the whole trainable model (benchmarks/perf.py).
@@ -20,17 +31,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import Message
 from transformers import ViTConfig, ViTModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from multifcl.backbones.vision_transformer import TransformerBackbone
 from multifcl.config import ExperimentConfig
-from multifcl.data import InMemoryImages
-from multifcl.data.task_stream import Task
-from multifcl.methods import ClientUpdate
+from multifcl.data import DatasetSplits, InMemoryImages
+from multifcl.data.task_stream import Task, TaskStream
+from multifcl.methods import ClientUpdate, State
 from multifcl.methods.multifcl import ADAPTER_PREFIX, MultiFCLMethod
-from protocol.messages import ARRAYS, record_bytes, state_to_record, update_to_content
+from multifcl.update_validation import CLASS_COUNTS, CLASS_IDS
+from protocol.broadcast import assemble_state, missing_content
+from protocol.messages import (
+    ARRAYS,
+    CONFIG,
+    record_bytes,
+    state_to_record,
+    update_to_content,
+)
+from server.in_process_grid import InProcessGrid
+from strategies import RoundRunner
 
 NUM_CLASSES, NUM_TASKS = 100, 10
 METADATA = ("class-ids",)  # integer class ids: bookkeeping, not parameters
@@ -122,13 +144,99 @@ def later_task_upload(num_experts: int = 4, adapter_rank: int = 8) -> UploadSize
     )
 
 
+def layout_update(method: MultiFCLMethod, state: State, of: Task, rng) -> ClientUpdate:
+    """An update of exactly the layout a genuine one of `of` has: the task's classes with
+    random rows, and the dense arrays slightly moved (sizes are what matter here)."""
+    layout = method.update_layout(state, of)
+    classes = np.arange(of.classes.start, of.classes.stop)
+    arrays = {}
+    for key, target in layout.rows.items():
+        shape = (len(classes), *state[target].shape[1:])
+        arrays[key] = rng.standard_normal(shape).astype(np.float32)
+    arrays[CLASS_IDS] = classes.astype(np.int64)
+    arrays[CLASS_COUNTS] = np.ones(len(classes), np.float32)  # the stream holds one image each
+    for key in layout.dense:
+        noise = 1e-3 * rng.standard_normal(state[key].shape)
+        arrays[key] = (state[key] + noise).astype(state[key].dtype)
+    return ClientUpdate(arrays, len(classes))
+
+
+def layout_client(method: MultiFCLMethod, stream: TaskStream):
+    """A ClientApp train handler that assembles the broadcast as the real one does and
+    replies with `layout_update`."""
+
+    def handler(message, context):
+        state = assemble_state(message.content, context.state)
+        if state is None:
+            return Message(missing_content(), reply_to=message)
+        config = message.content[CONFIG]
+        of = stream.task(int(config["task"]))
+        rng = np.random.default_rng([context.node_id, of.index, int(config["round"])])
+        return Message(update_to_content(layout_update(method, state, of, rng)), reply_to=message)
+
+    return handler
+
+
+def cifar100_shaped_stream(config: ExperimentConfig) -> TaskStream:
+    """A 100-class, 10-task stream (one 1-pixel image per class: only labels matter)."""
+    images = InMemoryImages(torch.zeros((NUM_CLASSES, 3, 1, 1), dtype=torch.uint8), np.arange(100))
+    names = [f"class {c}" for c in range(NUM_CLASSES)]
+    return TaskStream(DatasetSplits(images, images, names), config)
+
+
+def bytes_down_per_round(
+    method: MultiFCLMethod, clients: int, rounds: int, delta: bool
+) -> tuple[list[int], list[int]]:
+    """Bytes down of every round of the whole stream through the real RoundRunner, and the
+    whole state as one ArrayRecord times the clients (the format before delta broadcasts)."""
+    stream = cifar100_shaped_stream(method.config)
+    grid = InProcessGrid(layout_client(method, stream), {}, clients)
+    records = []
+    runner = RoundRunner(
+        method, stream, min_fit_fraction=1.0, on_round=records.append, delta_broadcast=delta
+    )
+    state, whole = method.initial_state(), []
+    for of in stream:
+        for server_round in range(1, rounds + 1):
+            whole.append(record_bytes(state_to_record(state)) * clients)
+            state = runner.train_round(grid, state, of, server_round).state
+        state = method.end_task(state, of)
+    return [record.bytes_down for record in records], whole
+
+
+def print_broadcasts(method: MultiFCLMethod, clients: int, rounds: int) -> None:
+    """Bytes down per round and in all, whole-state record, full and delta broadcasts."""
+    delta, whole = bytes_down_per_round(method, clients, rounds, delta=True)
+    full, _ = bytes_down_per_round(method, clients, rounds, delta=False)
+    print(
+        f"bytes down, {clients} clients x {NUM_TASKS} tasks x {rounds} rounds "
+        "(all clients, per round; rounds.csv's bytes_down):"
+    )
+    print("| broadcast | task 1 round 1 | task 1 later rounds | tasks 2-10 (median) | total |")
+    print("|---|---|---|---|---|")
+    for name, sizes in (
+        ("whole state, one ArrayRecord (before)", whole),
+        ("full broadcast (chunks, every one sent)", full),
+        ("delta broadcast (chunks a node lacks)", delta),
+    ):
+        later = sorted(sizes[rounds:])
+        print(
+            f"| {name} | {sizes[0]:,} | {max(sizes[1:rounds]):,} | "
+            f"{later[len(later) // 2]:,} | {sum(sizes):,} |"
+        )
+    print(f"delta / whole state in all: {sum(delta) / sum(whole):.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-experts", type=int, default=4)
     parser.add_argument("--adapter-rank", type=int, default=8)
     parser.add_argument("--adapter-policy", default="first-task")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per task")
     args = parser.parse_args()
-    method = build_method(args.num_experts, args.adapter_rank, args.adapter_policy)
+    settings = args.num_experts, args.adapter_rank, args.adapter_policy
+    method = build_method(*settings)
     backbone = method.backbone
     state = method.initial_state()
     adapters = parameter_count(state, ADAPTER_PREFIX)
@@ -137,7 +245,7 @@ def main() -> None:
         f"{args.num_experts} experts, bottleneck rank {args.adapter_rank}, "
         f"policy {args.adapter_policy}: adapter parameters per set {adapters:,}"
     )
-    print("| task | upload per client | of which adapters | broadcast per client |")
+    print("| task | upload per client | of which adapters | global state |")
     print("|---|---|---|---|")
     for index in range(NUM_TASKS):
         broadcast = parameter_count(state)
@@ -149,6 +257,7 @@ def main() -> None:
             f"{parameter_count(update.arrays, ADAPTER_PREFIX):,} | {broadcast:,} |",
             flush=True,
         )
+    print_broadcasts(build_method(*settings), args.clients, args.rounds)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ Prints, each as a median over `--repeats` runs, with ratios measured in the same
    process, with 2 and with 10 clients;
 5. our per-client cost at `--many-clients` federation sizes (in-process: server seconds per
    round beside the clients' own compute, and the cache misses per round).
+6. start-up: what a fresh process (a Ray actor, the ServerApp) spends before its first round,
+   each step timed in a fresh Python process: importing torch, transformers, the ClientApp
+   module, loading the backbone, the text encoder (MultiFCL's text init, first used in task
+   2 by a client), and a whole `multifcl run` of the quickstart config for scale.
 
     python benchmarks/perf.py --quick      # about 10 minutes on 2 CPU cores
     python benchmarks/perf.py              # the README's numbers (longer)
@@ -397,6 +401,44 @@ def section_clients(args, report) -> dict:
             f"ms per client; clients' compute {1e3 * statistics.median(client) / clients:.2f} "
             f"ms per client per round; cache misses per round {misses}"
         )
+
+
+STARTUP_STEPS = {
+    "import torch": "import torch",
+    "import transformers": "import torch, transformers",
+    "import the ClientApp module": "import clients.client_app",
+    "ClientApp module + backbone (vit-tiny)": (
+        "import clients.client_app; from multifcl.backbones import load_backbone; "
+        "load_backbone('vit-tiny')"
+    ),
+    "ClientApp module + text encoder (MiniLM)": (
+        "import clients.client_app; from multifcl.backbones import load_backbone; "
+        "from multifcl.backbones.text_encoders import load_text_encoder; "
+        "load_text_encoder('minilm', load_backbone('vit-tiny'))"
+    ),
+}
+
+
+def section_startup(report) -> dict:
+    """Seconds of each start-up step in a fresh process, and of a quickstart `multifcl run`."""
+    import subprocess
+
+    report("## 6. start-up, each step in a fresh python process (wall seconds)")
+    env = {**os.environ, "PYTHONPATH": str(APP_DIR)}
+    results = {}
+    for name, code in STARTUP_STEPS.items():
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=APP_DIR)
+        results[name] = time.perf_counter() - started
+        report(f"  {name:42s} {results[name]:6.1f} s")
+    with tempfile.TemporaryDirectory(prefix="multifcl-startup-") as folder:
+        command = [sys.executable, "-m", "multifcl.cli", "run", "--app", str(APP_DIR)]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, env=env, cwd=folder, capture_output=True)
+        results["multifcl run (quickstart)"] = time.perf_counter() - started
+    report(
+        f"  {'multifcl run (quickstart), whole':42s} {results['multifcl run (quickstart)']:6.1f} s"
+    )
     return results
 
 
@@ -425,7 +467,7 @@ def main() -> None:
     )
     parser.add_argument("--clients-backbone", default="vit-tiny")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=("caches", "bytes", "flower", "clients")
+        "--skip", nargs="*", default=[], choices=("caches", "bytes", "flower", "clients", "startup")
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -458,6 +500,8 @@ def main() -> None:
         results["flower"] = section_flower(args, report)
     if "clients" not in args.skip:
         results["clients"] = section_clients(args, report)
+    if "startup" not in args.skip:
+        results["startup"] = section_startup(report)
     peak = peak_rss_mb()
     report(
         f"peak RSS of this process {peak:.0f} MB; perf finished in {time.perf_counter() - started:.0f} s"

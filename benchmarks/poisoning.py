@@ -47,7 +47,8 @@ from multifcl.data import FederatedStream, load_splits
 from multifcl.experiment import Experiment
 from multifcl.features import FeatureCache
 from multifcl.methods import build_method
-from protocol.messages import ARRAYS, CONFIG, content_to_update, record_to_state, update_to_content
+from protocol.broadcast import assemble_state
+from protocol.messages import CONFIG, content_to_update, update_to_content
 from server import continual_loop
 from server.in_process_grid import InProcessGrid
 
@@ -79,7 +80,7 @@ def attacking(attackers: int, attack: str | None, experiment: Experiment):
             return reply
         round_config = message.content[CONFIG]
         task = experiment.data.stream.task(int(round_config["task"]))
-        state = record_to_state(message.content[ARRAYS])
+        state = assemble_state(message.content, context.state)  # what `train` assembled
         update = content_to_update(reply.content)
         rng = np.random.default_rng([partition, task.index, int(round_config["round"])])
         for key in sorted(experiment.method.update_layout(state, task).feature_rows):

@@ -22,6 +22,7 @@ from multifcl.metrics.resources import (
     release_cached_gpu_memory,
 )
 from multifcl.seeding import derive_seed
+from protocol.broadcast import assemble_state, missing_content
 from protocol.messages import (
     ARRAYS,
     CLAIM,
@@ -107,11 +108,13 @@ def train(msg: Message, context: Context) -> Message:
     config = _parse_config(_this_machines_run_config(context))
     client, num_clients = _proved_partition(msg, context)
     round_config = msg.content[CONFIG]
+    state = assemble_state(msg.content, context.state)  # the chunks sent and those held
+    if state is None:  # a chunk neither sent nor held (intact): the server resends it whole
+        return Message(missing_content(), reply_to=msg)
     experiment = load_experiment(config)
     task = _task(experiment, msg)
     data = experiment.data.client_train_set(task, client, num_clients)
     seed = derive_seed(config.seed, task.index, int(round_config["round"]), client)
-    state = record_to_state(msg.content[ARRAYS])
     share_features_on_this_machine(experiment.method, context.run_id)  # one cache per machine
     started = time.perf_counter()
     with counting_lookups(experiment.method.feature_cache) as lookups:

@@ -8,9 +8,9 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -23,6 +23,7 @@ from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS
 from multifcl.metrics import RoundRecord
 from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
 from multifcl.update_validation import RejectedUpdate, outlier_updates, validate_update
+from protocol.broadcast import CHUNKS, MANIFEST, BroadcastLedger, ChunkedState, lacks_chunks
 from protocol.messages import (
     ARRAYS,
     CONFIG,
@@ -84,7 +85,10 @@ class RoundRunner:
     """Sends the global state and {task, round} to the round's sampled nodes (every node
     without a `sampler`); merges with `method.merge`. Unsampled nodes get no message.
 
-    It holds only settings; `train_round` runs one round as one call. A client that returns
+    It holds settings and the `BroadcastLedger` of the chunks each node holds, so a node is
+    sent only the chunks of the state it lacks (`protocol/broadcast.py`); a node that
+    cannot assemble the state is resent all of it within the same attempt. `train_round`
+    runs one round as one call. A client that returns
     an error, does not answer within `round_timeout`, or sends a reply that cannot be
     decoded, fails `validate_update` or is one of the round's `outlier_updates`
     (`max-row-norm-ratio`, `max-change-ratio`) is a failed client: it is excluded from the
@@ -112,6 +116,8 @@ class RoundRunner:
     on_round : callable, optional
         Called with a `RoundRecord` (bytes each way, seconds, loss, failures) after each
         attempt of a round, merged or not, as soon as it is judged.
+    delta_broadcast : bool
+        Send each node only the chunks it lacks (True) or the whole state every round.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class RoundRunner:
         num_clients: int = 0,
         on_round: Callable[[RoundRecord], None] | None = None,
         sampler: ClientSampler | None = None,
+        delta_broadcast: bool = True,
     ) -> None:
         self.method = method
         self.stream = stream
@@ -133,6 +140,7 @@ class RoundRunner:
         self.num_clients = num_clients
         self.on_round = on_round
         self.sampler = sampler
+        self.ledger = BroadcastLedger(delta_broadcast)
 
     def train_round(
         self,
@@ -145,13 +153,13 @@ class RoundRunner:
         """Run one round of `task` from `state`, re-sending it (same seeds) up to
         `max_round_retries` times while too few clients give a usable update; RoundFailed
         when every attempt did."""
-        arrays = state_to_record(state)  # the one conversion to Flower records
-        sent_state = record_to_state(arrays)  # what the clients receive, floats as float32
+        sent_state = record_to_state(state_to_record(state))  # as clients get it: float32
+        chunked = ChunkedState.of(sent_state)
         attempts = self.max_round_retries + 1
         records: list[RoundRecord] = []
         for number in range(1, attempts + 1):
             attempt = self._attempt(grid, task, server_round, number, sent_state)
-            replies = self._send(grid, arrays, attempt)
+            replies = self._send(grid, chunked, attempt)
             sorted_out = self._sort_out(attempt, replies)
             usable = sorted_out.in_merge_order()
             record, failure = self._judge(attempt, sorted_out, usable)
@@ -179,22 +187,61 @@ class RoundRunner:
         label = sampled_label(self.sampler.partition_ids(task.index, server_round))
         return _Attempt(task, server_round, number, state, nodes, len(sampled), label)
 
-    def _send(self, grid: Grid, arrays: ArrayRecord, attempt: _Attempt) -> Iterable[Message]:
-        """Send the round to every node of the attempt; the replies within `round_timeout`.
-        A message not delivered within it is dropped (ttl), not trained on late."""
-        attempt.bytes_down = record_bytes(arrays) * len(attempt.nodes)
-        config = {"task": attempt.task.index, "round": attempt.server_round}
-        messages = [
-            Message(
-                RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)}),
-                dst_node_id=node_id,
-                message_type=MessageType.TRAIN,
-                ttl=self.round_timeout,
+    def _send(self, grid: Grid, chunked: ChunkedState, attempt: _Attempt) -> list[Message]:
+        """Send the round to every node of the attempt (the chunks each lacks); resend the
+        whole state to the nodes that could not assemble it; the replies within
+        `round_timeout`. A message not delivered within it is dropped (ttl), not trained on
+        late."""
+        replies = self._send_to(grid, chunked, attempt, attempt.nodes, self.round_timeout)
+        lacking = {_sender(attempt, r) for r in replies if _lacks_chunks(r)}
+        if lacking:
+            log(
+                INFO,
+                "task %d round %d: %d node(s) lacked chunks of the state; resent it whole",
+                attempt.task.index + 1,
+                attempt.server_round,
+                len(lacking),
             )
-            for node_id in attempt.nodes
-        ]
-        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
-        attempt.destinations = destinations(messages)
+            self.ledger.forget(lacking)
+            replies = [r for r in replies if _sender(attempt, r) not in lacking]
+            left = max(self.round_timeout - (time.perf_counter() - attempt.started), 1.0)
+            replies += self._send_to(grid, chunked, attempt, sorted(lacking), left, whole=True)
+        assembled = [r for r in replies if not r.has_error() and not _lacks_chunks(r)]
+        self.ledger.confirm([_sender(attempt, r) for r in assembled], chunked)
+        return replies
+
+    def _send_to(
+        self,
+        grid: Grid,
+        chunked: ChunkedState,
+        attempt: _Attempt,
+        nodes: list[int],
+        timeout: float,
+        whole: bool = False,
+    ) -> list[Message]:
+        """One message to each of `nodes` (all of the state when `whole`, else the chunks
+        each lacks), counted in the attempt's bytes down; the replies within `timeout`."""
+        config = {"task": attempt.task.index, "round": attempt.server_round}
+        payloads: dict[frozenset[bytes], tuple[dict, int]] = {}
+        messages = []
+        for node_id in nodes:
+            held = frozenset() if whole else self.ledger.held_by(node_id)
+            if held not in payloads:  # nodes holding the same chunks share one record
+                chunks = chunked.chunks_record(held)
+                size = record_bytes(chunked.manifest_record) + record_bytes(chunks)
+                payloads[held] = ({MANIFEST: chunked.manifest_record, CHUNKS: chunks}, size)
+            records, size = payloads[held]
+            attempt.bytes_down += size
+            messages.append(
+                Message(
+                    RecordDict({**records, CONFIG: ConfigRecord(config)}),
+                    dst_node_id=node_id,
+                    message_type=MessageType.TRAIN,
+                    ttl=self.round_timeout,
+                )
+            )
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        attempt.destinations.update(destinations(messages))
         return replies
 
     def _sort_out(self, attempt: _Attempt, replies: Iterable[Message]) -> _Replies:
@@ -202,13 +249,15 @@ class RoundRunner:
         sorted_out = _Replies()
         max_examples = len(self.stream.train_indices(attempt.task))  # no client has more
         for reply in replies:
-            node = attempt.destinations.get(reply.metadata.reply_to_message_id)
-            node = reply.metadata.src_node_id if node is None else node
+            node = _sender(attempt, reply)
             if node not in attempt.nodes:  # not sampled, or not taking part in the task
                 sorted_out.failed[node] = "rejected: a reply from a node this round was not sent to"
                 continue
             if reply.has_error():
                 sorted_out.failed[node] = error_reason(reply)
+                continue
+            if _lacks_chunks(reply):
+                sorted_out.failed[node] = "could not assemble the state even when sent it whole"
                 continue
             try:
                 sorted_out.bytes_up += record_bytes(reply.content[ARRAYS])
@@ -277,6 +326,18 @@ def destinations(messages: Iterable[Message]) -> dict[str, int]:
     makes for an unreachable node comes from the SuperLink's own node id (1).
     """
     return {message.metadata.message_id: message.metadata.dst_node_id for message in messages}
+
+
+def _sender(attempt: _Attempt, reply: Message) -> int:
+    """The node a reply answers for: the destination of the message it replies to."""
+    node = attempt.destinations.get(reply.metadata.reply_to_message_id)
+    return reply.metadata.src_node_id if node is None else node
+
+
+def _lacks_chunks(reply: Message) -> bool:
+    """A node's answer that it could not assemble the state (it did not train): it lacks
+    chunks, or holds some that do not match their digests."""
+    return not reply.has_error() and lacks_chunks(reply.content)
 
 
 def error_reason(reply: Message) -> str:

@@ -16,10 +16,11 @@ from multifcl.config import ExperimentConfig
 
 if TYPE_CHECKING:
     import torch
+    from flwr.app import Message
 
     from server.in_process_grid import InProcessGrid
 
-__all__ = ["TINY", "in_process_grid", "random_images", "run_in_process"]
+__all__ = ["TINY", "in_process_grid", "random_images", "run_in_process", "sent_states"]
 
 TINY = {
     "dataset": "synthetic",
@@ -96,6 +97,22 @@ def run_in_process(
     grid = in_process_grid(config, num_nodes, handler)
     folder = config.output_dir if base_dir is None else base_dir
     return run_continual_learning(grid, config, base_dir=folder), grid
+
+
+def sent_states(grid: InProcessGrid) -> list[tuple[Message, dict]]:
+    """Every train message the server sent, with the state it carried: the messages to each
+    node replayed in order into a store of the replay's own (a message carries only the
+    chunks its node already held)."""
+    from flwr.app import RecordDict
+
+    from protocol.broadcast import assemble_state
+
+    stores: dict[int, RecordDict] = {}
+    states = []
+    for message in grid.sent:
+        store = stores.setdefault(message.metadata.dst_node_id, RecordDict())
+        states.append((message, assemble_state(message.content, store)))
+    return states
 
 
 def random_images(n: int = 3, size: int = 20) -> torch.Tensor:

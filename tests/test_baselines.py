@@ -24,8 +24,8 @@ from multifcl.methods.pilora import (
 )
 from multifcl.results.checkpoints import latest_checkpoint
 from multifcl.update_validation import RejectedUpdate, validate_update
-from protocol.messages import ARRAYS, CONFIG, record_to_state
-from tests.conftest import run_in_process
+from protocol.messages import CONFIG
+from tests.conftest import run_in_process, sent_states
 from tests.test_config import one_line_error
 from tests.test_data_sources import make_image_folder
 
@@ -403,8 +403,8 @@ def _sent_states(grid):
     """(task, round, state) of every message the server sent to the first node."""
     first = min(grid.contexts)
     return [
-        (m.content[CONFIG]["task"], m.content[CONFIG]["round"], record_to_state(m.content[ARRAYS]))
-        for m in grid.sent
+        (m.content[CONFIG]["task"], m.content[CONFIG]["round"], state)
+        for m, state in sent_states(grid)
         if m.metadata.dst_node_id == first
     ]
 

@@ -18,10 +18,10 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import DataError
 from multifcl.experiment import load_experiment
 from multifcl.results.resume import config_differences
-from protocol.messages import ARRAYS, CONFIG, record_to_state
+from protocol.messages import CONFIG
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
-from tests.conftest import TINY, in_process_grid, run_in_process
+from tests.conftest import TINY, in_process_grid, run_in_process, sent_states
 from tests.test_client_sampling import Interrupted, interrupting, rows_of
 
 NODES = 3
@@ -98,9 +98,9 @@ def test_late_joiners_get_no_message_before_their_first_task_then_the_global_sta
     config = tiny_config(**LATE, method="multifcl", use_text_init=False)
     _, grid = run_in_process(config, NODES)
     received = defaultdict(dict)  # (task, round) -> node -> the state it was sent
-    for message in grid.sent:
+    for message, state in sent_states(grid):
         key = (message.content[CONFIG]["task"], message.content[CONFIG]["round"])
-        received[key][message.metadata.dst_node_id] = record_to_state(message.content[ARRAYS])
+        received[key][message.metadata.dst_node_id] = state
     assert {key: sorted(nodes) for key, nodes in received.items()} == {
         (0, 1): [1000],
         (0, 2): [1000],

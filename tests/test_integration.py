@@ -11,9 +11,9 @@ from flwr.app import Message
 from clients.client_app import train
 from multifcl.config import ConfigError
 from multifcl.experiment import load_experiment
-from protocol.messages import ARRAYS, CONFIG, record_to_state
+from protocol.messages import CONFIG
 from server.continual_loop import run_continual_learning
-from tests.conftest import in_process_grid, run_in_process
+from tests.conftest import in_process_grid, run_in_process, sent_states
 
 
 @pytest.mark.parametrize("method", ["prototypes", "finetune"])
@@ -57,7 +57,7 @@ def test_federated_prototypes_equal_the_central_class_means(tiny_config):
     experiment = load_experiment(config)
     _, grid = run_in_process(config, num_nodes=3)
     # the state sent in the last round, against class means computed from all data in one place
-    last_sent = record_to_state(grid.sent[-1].content[ARRAYS])
+    last_sent = sent_states(grid)[-1][1]
     method, data = experiment.method, experiment.data
     central = method.initial_state()
     task = data.stream.task(0)

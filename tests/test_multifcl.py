@@ -15,8 +15,8 @@ from multifcl.heads.prototype_initialization import nearest_old_classes, refine_
 from multifcl.losses.self_distillation import self_distillation_loss, teacher_weights
 from multifcl.methods import ClientUpdate
 from multifcl.methods.multifcl import MultiFCLMethod
-from protocol.messages import ARRAYS, CONFIG, record_to_state
-from tests.conftest import run_in_process
+from protocol.messages import CONFIG
+from tests.conftest import run_in_process, sent_states
 
 ALL_OFF = {
     "use_adapters": False,
@@ -178,10 +178,8 @@ def test_first_task_adapters_stop_changing_after_task_one(tiny_config):
     config = tiny_config(method="multifcl", num_tasks=5, use_text_init=False)
     metrics, grid = run_in_process(config)
     sent = {}
-    for message in grid.sent:
-        sent[(message.content[CONFIG]["task"], message.content[CONFIG]["round"])] = record_to_state(
-            message.content[ARRAYS]
-        )
+    for message, state in sent_states(grid):
+        sent[(message.content[CONFIG]["task"], message.content[CONFIG]["round"])] = state
     adapters = lambda state: {k: v for k, v in state.items() if k.startswith("adapter/")}
     start, task_2, last = adapters(sent[(0, 1)]), adapters(sent[(1, 1)]), adapters(sent[(4, 2)])
     assert any(not np.array_equal(start[k], task_2[k]) for k in start)  # trained in task 1

