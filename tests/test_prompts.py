@@ -127,7 +127,7 @@ def test_prompt_keys_that_cannot_work_are_refused(keys):
 
 @pytest.mark.parametrize("name", ["l2p", "coda-prompt"])
 def test_each_prompt_method_finishes_the_tiny_quickstart(name, tiny_config):
-    metrics, _ = run_in_process(tiny_config(method=name, coda_pool_size=10))
+    metrics, _ = run_in_process(tiny_config(method=name, coda_pool_size=10, rounds_per_task=1))
     accuracies = metrics["accuracy_matrix"]
     assert len(accuracies) == 2 and all(0 <= a <= 100 for a in accuracies[-1])
 

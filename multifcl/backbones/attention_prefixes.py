@@ -23,7 +23,9 @@ from multifcl.backbones.base import KeyValuePrefix
 PREFIX_ATTENTION = "multifcl-prefix"
 
 # id(attention module) -> (N x P x d keys, N x P x d values) of the current pass
-_ACTIVE: ContextVar[dict[int, KeyValuePrefix]] = ContextVar("attention_prefixes", default={})
+_ACTIVE: ContextVar[dict[int, KeyValuePrefix] | None] = ContextVar(
+    "attention_prefixes", default=None
+)
 
 
 def _prefix_attention(
@@ -38,7 +40,7 @@ def _prefix_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention over (prefix + own) keys and values; query/key/value are N x heads x T x
     head_dim; the output N x T x heads x head_dim, as transformers' kernels return it."""
-    prefix = _ACTIVE.get().get(id(module))
+    prefix = (_ACTIVE.get() or {}).get(id(module))
     if prefix is not None:
         batch, heads, _, head_dim = key.shape
         keys, values = (

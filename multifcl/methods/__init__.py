@@ -8,8 +8,8 @@ from multifcl.methods.analytic import AnalyticMethod
 from multifcl.methods.base import ClientUpdate, Method, State
 from multifcl.methods.coda_prompt import CodaPromptMethod
 from multifcl.methods.fedproto import FedProtoMethod
-from multifcl.methods.l2p import L2PMethod
 from multifcl.methods.finetune import FinetuneMethod
+from multifcl.methods.l2p import L2PMethod
 from multifcl.methods.lwf import LwFMethod
 from multifcl.methods.multifcl import MultiFCLMethod
 from multifcl.methods.pilora import PiLoRAMethod

@@ -88,9 +88,7 @@ class ComponentPool(PromptModule):
                 rows[first:end] = fresh.to(rows)
 
 
-def orthonormal_rows(
-    earlier: torch.Tensor, count: int, generator: torch.Generator
-) -> torch.Tensor:
+def orthonormal_rows(earlier: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` random orthonormal rows of `earlier`'s width, orthogonal to `earlier`'s rows
     when count + len(earlier) fit in that width (else orthonormal among themselves)."""
     width = earlier.shape[1]
@@ -149,4 +147,3 @@ class CodaPromptMethod(PromptMethod):
         self._load(state)
         self.model.prompts.start_task(task.index + 1, self._task_seed(task.index + 1))
         return {**state, **self._current_state()}
-

@@ -90,7 +90,9 @@ class PromptMethod(Method):
         super().__init__(config, backbone, class_names)
         if not backbone.token_features:
             raise prompts_need_tokens(self.name, backbone.name)
-        self.model = PromptedClassifier(backbone, self.build_prompts(), self.num_classes, config.seed)
+        self.model = PromptedClassifier(
+            backbone, self.build_prompts(), self.num_classes, config.seed
+        )
         self.model.eval()  # no dropout: runs are reproducible from the seed
         self.feature_cache = feature_cache_for(config, "train")
         description = (backbone.name, backbone.frozen_precision, str(backbone.image_size))
@@ -133,7 +135,9 @@ class PromptMethod(Method):
             for _ in range(self.config.local_epochs):
                 training.start_epoch()
                 for index in batch_indices(len(data), self.config.batch_size, generator):
-                    pixels = self.backbone.preprocess(augment(data.images[index], self.backbone.device))
+                    pixels = self.backbone.preprocess(
+                        augment(data.images[index], self.backbone.device)
+                    )
                     query = (
                         self.model.query(pixels)
                         if queries is None
@@ -162,7 +166,7 @@ class PromptMethod(Method):
             return None
         key = FeatureKey(data.fingerprint, self.query_fingerprint, task.index)
         self.feature_cache.keep_only(lambda k: k.task == key.task)
-        encode = lambda: [self.backbone.encode(data.images, self.extract_batches)]  # noqa: E731
+        encode = lambda: [self.backbone.encode(data.images, self.extract_batches)]
         return self.feature_cache.get_or_compute(key, encode)[0]
 
     def _loss(self, pixels: torch.Tensor, query: torch.Tensor, labels: torch.Tensor):
