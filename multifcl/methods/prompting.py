@@ -16,26 +16,18 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
 from multifcl.backbones.host_transfer import to_device
 from multifcl.config import FORCE_CACHE, prompts_need_tokens
 from multifcl.data import InMemoryImages, Task
 from multifcl.data.augmentation import TrainAugmentation
 from multifcl.features import FeatureKey, encoder_fingerprint, feature_cache_for
-from multifcl.methods.base import (
-    SECONDS_PER_STEP,
-    ClientUpdate,
-    Method,
-    State,
-    UpdateLayout,
-    batch_indices,
-)
+from multifcl.methods.base import SECONDS_PER_STEP, ClientUpdate, State, batch_indices
+from multifcl.methods.fedavg_model import FedAvgModelMethod
 from multifcl.optim.local_training import LocalTraining, LossSum
 
 
@@ -83,7 +75,7 @@ class PromptedClassifier(nn.Module):
         return self.head(features)
 
 
-class PromptMethod(Method):
+class PromptMethod(FedAvgModelMethod):
     """A prompt module (`build_prompts`) and a linear head, trained locally and FedAvg'd."""
 
     def __init__(self, config, backbone, class_names) -> None:
@@ -98,25 +90,11 @@ class PromptMethod(Method):
         description = (backbone.name, backbone.frozen_precision, str(backbone.image_size))
         self.query_fingerprint = encoder_fingerprint(description, {})
         self._classes = range(0)  # the current task's classes, while a client trains
-        self._initial_state = self._current_state()
+        self._keep_initial_state()
 
     @abstractmethod
     def build_prompts(self) -> PromptModule:
         """This method's prompts, initialized from the run's seed."""
-
-    # --- state ---------------------------------------------------------------------------
-    def initial_state(self) -> State:
-        return {key: value.copy() for key, value in self._initial_state.items()}
-
-    def _current_state(self) -> State:
-        return {
-            key: value.detach().cpu().numpy().astype(np.float32, copy=True)
-            for key, value in self.model.state_dict().items()
-        }
-
-    def _load(self, state: State) -> None:
-        device = self.backbone.device
-        self.model.load_state_dict({k: torch.from_numpy(v).to(device) for k, v in state.items()})
 
     # --- client --------------------------------------------------------------------------
     def train_client(
@@ -175,16 +153,3 @@ class PromptMethod(Method):
         start, stop = self._classes.start, self._classes.stop
         logits = self.model.head(features)[:, start:stop]
         return F.cross_entropy(logits, labels - start) + prompt_loss
-
-    # --- server --------------------------------------------------------------------------
-    def update_layout(self, state: State, task: Task) -> UpdateLayout:
-        """Prompts, keys and the head, whole (FedAvg)."""
-        return UpdateLayout(dense=frozenset(self._initial_state))
-
-    def merge(self, state: State, updates: list[ClientUpdate]) -> State:
-        weights = [u.num_examples for u in updates]
-        return weighted_average([u.arrays for u in updates], weights, self.merge_rule, state)
-
-    def classifier(self, state: State) -> nn.Module:
-        self._load(state)
-        return self.model
