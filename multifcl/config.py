@@ -39,6 +39,8 @@ ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
 AUGMENTS = ("none", "standard")
 FORCE_CACHE = "force"  # `cache-features`: keep caching frozen-encoder features under `augment`
 SPLIT_FILE_DATASETS = ("imagefolder", "imagenet-r")
+PROMPT_METHODS = ("l2p", "coda-prompt")  # prompts in a transformer's tokens
+CNN_BACKBONE = "efficientnet-lite0"  # the one CNN backbone, known by name before loading
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,13 @@ class ExperimentConfig:
     analytic_projection_dim: int = 1024  # random ReLU features (0: the backbone's features)
     analytic_ridge: float = 1.0  # ridge lambda of the analytic classifier's solve
     fedproto_lambda: float = 1.0  # weight of the pull of features to the global prototypes
+    l2p_pool_size: int = 10  # prompts in L2P's pool
+    l2p_prompt_length: int = 5  # tokens per L2P prompt
+    l2p_top_k: int = 5  # prompts chosen per image
+    l2p_pull_weight: float = 0.1  # weight of the pull of the chosen keys to the query
+    coda_pool_size: int = 100  # CODA-Prompt components per layer, num-tasks shares of them
+    coda_prompt_length: int = 8  # tokens per component: half keys, half values
+    coda_prompt_layers: int = 5  # prefix-tuned blocks: the first ones (at most all)
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
     min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
@@ -193,13 +202,15 @@ class ExperimentConfig:
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
         positive += ("round-timeout", "torch-threads", "prototype-lr", "min-train-clients")
         positive += ("pilora-prototype-lr", "pilora-lora-lr", "analytic-ridge")
+        positive += ("l2p-pool-size", "l2p-prompt-length", "l2p-top-k", "coda-pool-size")
+        positive += ("coda-prompt-length", "coda-prompt-layers")
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
         not_negative += ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
         not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
         not_negative += ("expected-clients", "max-round-retries", "analytic-projection-dim")
-        not_negative += ("fedproto-lambda",)
+        not_negative += ("fedproto-lambda", "l2p-pull-weight")
         not_negative += ("extract-batch-size", "eval-batch-size")
         for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
@@ -231,6 +242,8 @@ class ExperimentConfig:
                 "set use-experts=true or use-self-kd=false"
             )
         self._check_two_phase()
+        if self.method in PROMPT_METHODS:
+            self._check_prompts()
         schedule = ClientSchedule.parse(self.clients_per_task, self.num_tasks)  # or raises
         if self.expected_clients:  # the federation's size is known now
             schedule.check_federation(self.expected_clients)
@@ -300,6 +313,31 @@ class ExperimentConfig:
                     "pilora-lora-lr (pilora-weight-decay), cosine over each task's rounds; "
                     f"leave {key} at its default {default!r}"
                 )
+
+    def _check_prompts(self) -> None:
+        """The prompt methods: a transformer backbone, a linear head, prompt sizes that fit."""
+        if self.backbone == CNN_BACKBONE:
+            raise prompts_need_tokens(self.method, self.backbone)
+        if self.head != "default":
+            raise ConfigError(
+                f"run config key 'head': {self.method} trains a linear head; it has no "
+                f"{self.head!r} head"
+            )
+        if self.l2p_top_k > self.l2p_pool_size:
+            raise ConfigError(
+                f"run config key 'l2p-top-k': at most l2p-pool-size ({self.l2p_pool_size}), "
+                f"got {self.l2p_top_k}"
+            )
+        if self.coda_prompt_length % 2:
+            raise ConfigError(
+                "run config key 'coda-prompt-length': must be even (half keys, half values), "
+                f"got {self.coda_prompt_length}"
+            )
+        if self.coda_pool_size < self.num_tasks:
+            raise ConfigError(
+                "run config key 'coda-pool-size': needs at least one component per task "
+                f"(num-tasks = {self.num_tasks}), got {self.coda_pool_size}"
+            )
 
     def _check_two_phase(self) -> None:
         """Two phases need two rounds, and every holder in the experts' round: the rows it
@@ -426,6 +464,14 @@ def _check_loggers(value: str) -> None:
         raise ConfigError(
             f"run config key 'logger': name each logger once and not with 'none', got {value!r}"
         )
+
+
+def prompts_need_tokens(method: str, backbone: str) -> ConfigError:
+    """The one-line refusal of a prompt method on a CNN backbone."""
+    return ConfigError(
+        f"run config keys 'method' and 'backbone': method {method!r} puts prompts into a "
+        f"transformer's tokens; backbone {backbone!r} is a CNN (use a ViT or CLIP backbone)"
+    )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

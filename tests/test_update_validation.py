@@ -262,6 +262,8 @@ METHOD_CONFIGS = {
     "lwf": {"method": "lwf"},
     "fedproto": {"method": "fedproto"},
     "analytic": {"method": "analytic", "analytic_projection_dim": 64},
+    "l2p": {"method": "l2p"},
+    "coda-prompt": {"method": "coda-prompt"},
 }
 
 
