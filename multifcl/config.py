@@ -122,6 +122,8 @@ class ExperimentConfig:
     analytic_projection_dim: int = 1024  # random ReLU features (0: the backbone's features)
     analytic_ridge: float = 1.0  # ridge lambda of the analytic classifier's solve
     fedproto_lambda: float = 1.0  # weight of the pull of features to the global prototypes
+    lorm_rank: int = 16  # rank of each task's LoRA (LoRM's official code: r=16)
+    lorm_regmean_alpha: float = 0.5  # RegMean's share of the Grams' off-diagonal
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
     min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
@@ -166,6 +168,8 @@ class ExperimentConfig:
         _check_choice("head", self.head, HEADS)
         if self.method == "pilora":
             self._check_pilora_plugins()
+        if self.method == "lorm":
+            self._check_lorm()
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
         _check_choice("etf-map", self.etf_map, ETF_MAPS)
         if self.head == "etf" and self.method == "multifcl" and self.etf_map != "batchnorm-linear":
@@ -193,6 +197,7 @@ class ExperimentConfig:
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
         positive += ("round-timeout", "torch-threads", "prototype-lr", "min-train-clients")
         positive += ("pilora-prototype-lr", "pilora-lora-lr", "analytic-ridge")
+        positive += ("lorm-rank",)
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
@@ -300,6 +305,25 @@ class ExperimentConfig:
                     "pilora-lora-lr (pilora-weight-decay), cosine over each task's rounds; "
                     f"leave {key} at its default {default!r}"
                 )
+
+    def _check_lorm(self) -> None:
+        """LoRM's merge is the clients' least squares, with a linear head; a robust rule or
+        another head has no place in it."""
+        if not 0 < self.lorm_regmean_alpha <= 1:
+            raise ConfigError(
+                "run config key 'lorm-regmean-alpha': must be in (0, 1], "
+                f"got {self.lorm_regmean_alpha!r}"
+            )
+        if self.head != "default":
+            raise ConfigError(
+                f"run config key 'head': lorm trains a linear head merged by least squares; "
+                f"it has no {self.head!r} head"
+            )
+        if self.robust_merge != "none":
+            raise ConfigError(
+                f"run config key 'robust-merge': lorm merges by closed-form least squares "
+                f"from the clients' Gram sums, not by {self.robust_merge!r}; use 'none'"
+            )
 
     def _check_two_phase(self) -> None:
         """Two phases need two rounds, and every holder in the experts' round: the rows it

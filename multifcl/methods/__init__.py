@@ -8,6 +8,7 @@ from multifcl.methods.analytic import AnalyticMethod
 from multifcl.methods.base import ClientUpdate, Method, State
 from multifcl.methods.fedproto import FedProtoMethod
 from multifcl.methods.finetune import FinetuneMethod
+from multifcl.methods.lorm import LoRMMethod
 from multifcl.methods.lwf import LwFMethod
 from multifcl.methods.multifcl import MultiFCLMethod
 from multifcl.methods.pilora import PiLoRAMethod
@@ -23,6 +24,7 @@ METHODS: dict[str, type[Method]] = {
         LwFMethod,
         FedProtoMethod,
         AnalyticMethod,
+        LoRMMethod,
     )
 }
 
