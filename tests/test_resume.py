@@ -348,7 +348,11 @@ class _Crash(BaseException):
 
 @pytest.mark.parametrize(
     "method, keys",
-    [("analytic", {"analytic-projection-dim": 48}), ("fedproto", {"rounds-per-task": 2})],
+    [
+        ("analytic", {"analytic-projection-dim": 48}),
+        ("fedproto", {"rounds-per-task": 2}),
+        ("lorm", {"lorm-rank": 4}),
+    ],
 )
 def test_a_run_stopped_mid_task_resumes_exactly_for_each_method(method, keys, tmp_path):
     """In process (the SIGKILL test above covers `finetune`): stopped in task 2's second

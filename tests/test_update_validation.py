@@ -262,6 +262,7 @@ METHOD_CONFIGS = {
     "lwf": {"method": "lwf"},
     "fedproto": {"method": "fedproto"},
     "analytic": {"method": "analytic", "analytic_projection_dim": 64},
+    "lorm": {"method": "lorm", "lorm_rank": 4},
 }
 
 
