@@ -94,7 +94,7 @@ def hand_made_updates(method, data, state, task, inputs, seed: int):
                 noise = torch.randn(value.shape, generator=generator)
                 update.arrays[key] = noise.numpy().astype(value.dtype)
             elif key.startswith(TASK_GRAM) or key == HEAD_GRAM:
-                update.arrays[key] = pack(x.T @ x).numpy()
+                update.arrays[key] = pack(x.T @ x / len(x)).numpy()  # per sample
         updates.append(update)
     return updates
 

@@ -15,8 +15,8 @@ biases of the task's classes, by the run's optimizer (the preset: the code's Ada
 weight decay 0.1) on the cross-entropy over the task's classes only. Then one no-grad pass
 over the client's data (no augmentation) sums each wrapped layer's input Gram X^T X over
 every token, and the head's input Gram F^T F. The client sends the trained factor, the
-Grams (float64, upper triangle; layers that read the same tensor, as a ViT's query and
-value, share one), and its head rows and biases.
+Grams divided by its sample count (float64, upper triangle; layers that read the same
+tensor, as a ViT's query and value, share one), and its head rows and biases.
 
 Server. With G~ = alpha G + (1 - alpha) diag(G) (`lorm-regmean-alpha`, RegMean's
 shrinkage of the off-diagonal), the least-squares (RegMean) merge of each layer:
@@ -50,12 +50,13 @@ from multifcl.optim.local_training import LocalTraining, LossSum
 
 FACTOR_A = "lora-A/"  # per wrapped layer l: "lora-A/<l>", the current task's A
 FACTOR_B = "lora-B/"
-TASK_GRAM = "task-gram/"  # per input group g: the last merged round's summed X^T X (packed)
+TASK_GRAM = "task-gram/"  # per input group g: the last merged round's X^T X per sample (packed)
+TASK_SAMPLES = "task-samples"  # how many samples the task Grams are the mean of, shape (1,)
 GRAM_SUM = "gram-sum/"  # per group: the finished tasks' Grams, summed (packed)
 WEIGHTED_DELTA = "weighted-delta/"  # per layer: sum over finished tasks of B_j A_j G~_j
 HEAD_WEIGHT = "head-weight"
 HEAD_BIAS = "head-bias"
-HEAD_GRAM = "head-gram"  # the last merged round's summed F^T F of the head's input
+HEAD_GRAM = "head-gram"  # the last merged round's F^T F per sample, of the head's input
 SCHEDULE = "schedule-position"  # (task, rounds merged in that task)
 CLASS_IDS = "class-ids"
 HEAD_ROWS = "head-rows"  # upload: the task's rows of the head
@@ -171,6 +172,7 @@ class LoRMMethod(Method):
             shape = (base.shape[0], self._gram_width(self.groups[index]))
             state[WEIGHTED_DELTA + str(index)] = np.zeros(shape)
         state[HEAD_GRAM] = np.zeros(_packed_size(self.backbone.feature_dim))
+        state[TASK_SAMPLES] = np.zeros(1)
         state[SCHEDULE] = np.zeros(2, np.int64)
         return state
 
@@ -279,8 +281,9 @@ class LoRMMethod(Method):
         finally:
             for hook in hooks:
                 hook.remove()
-        grams = {TASK_GRAM + str(g): pack(sums[g]).cpu().numpy() for g in self.group_ids}
-        grams[HEAD_GRAM] = pack(head_gram).cpu().numpy()
+        samples = len(data)
+        grams = {TASK_GRAM + str(g): pack(sums[g] / samples).cpu().numpy() for g in self.group_ids}
+        grams[HEAD_GRAM] = pack(head_gram / samples).cpu().numpy()
         return grams
 
     # --- server ----------------------------------------------------------------------------
@@ -308,15 +311,12 @@ class LoRMMethod(Method):
         merged = dict(state)
         task, position = (int(v) for v in state[SCHEDULE])
         factor = FACTOR_B if position % 2 == 0 else FACTOR_A
-        for group in self.group_ids:
-            key = TASK_GRAM + str(group)
-            merged[key] = sum(u.arrays[key] for u in updates)
+        samples = [u.num_examples for u in updates]
+        for key in [TASK_GRAM + str(group) for group in self.group_ids] + [HEAD_GRAM]:
+            merged[key] = np.average([u.arrays[key] for u in updates], axis=0, weights=samples)
+        merged[TASK_SAMPLES] = np.array([float(sum(samples))])
         grams = {
-            group: [
-                shrink(unpack(torch.from_numpy(u.arrays[TASK_GRAM + str(group)])), self.alpha)
-                for u in updates
-            ]
-            for group in self.group_ids
+            group: self._shrunk_grams(updates, TASK_GRAM + str(group)) for group in self.group_ids
         }
         for index, group in enumerate(self.groups):
             key = factor + str(index)
@@ -336,25 +336,30 @@ class LoRMMethod(Method):
     def _merged_head(self, state: State, updates: list[ClientUpdate]) -> State:
         """The task's head rows by least squares on the features, their biases by FedAvg."""
         ids = updates[0].arrays[CLASS_IDS]
-        head_grams = [
-            shrink(unpack(torch.from_numpy(u.arrays[HEAD_GRAM])), self.alpha) for u in updates
-        ]
+        head_grams = self._shrunk_grams(updates, HEAD_GRAM)
         rows = [torch.from_numpy(u.arrays[HEAD_ROWS].astype(np.float64)) for u in updates]
         weight, bias = state[HEAD_WEIGHT].copy(), state[HEAD_BIAS].copy()
         weight[ids] = regmean(rows, head_grams).numpy()
         biases = np.stack([u.arrays[BIAS_ROWS].astype(np.float64) for u in updates])
         bias[ids] = np.average(biases, axis=0, weights=[u.num_examples for u in updates])
-        return {
-            HEAD_WEIGHT: weight,
-            HEAD_BIAS: bias,
-            HEAD_GRAM: sum(u.arrays[HEAD_GRAM] for u in updates),
-        }
+        return {HEAD_WEIGHT: weight, HEAD_BIAS: bias}
+
+    def _shrunk_grams(self, updates: list[ClientUpdate], key: str) -> list[torch.Tensor]:
+        """Each client's Gram of `key` (its samples x the mean it sent), shrunk (G~)."""
+        return [
+            shrink(u.num_examples * unpack(torch.from_numpy(u.arrays[key])), self.alpha)
+            for u in updates
+        ]
+
+    def _task_gram(self, state: State, group: int) -> np.ndarray:
+        """The task's summed Gram of `group` (packed): samples x the mean Gram."""
+        return state[TASK_SAMPLES][0] * state[TASK_GRAM + str(group)]
 
     def end_task(self, state: State, task: Task) -> State:
         """The task's LoRA joins the merged deltas' sums; the next task starts fresh."""
         merged = dict(state)
         for index, group in enumerate(self.groups):
-            gram = shrink(unpack(torch.from_numpy(state[TASK_GRAM + str(group)])), self.alpha)
+            gram = shrink(unpack(torch.from_numpy(self._task_gram(state, group))), self.alpha)
             down = torch.from_numpy(state[FACTOR_A + str(index)].astype(np.float64))
             up = torch.from_numpy(state[FACTOR_B + str(index)].astype(np.float64))
             delta = up.reshape(len(up), -1) @ down.reshape(len(down), -1)
@@ -362,10 +367,11 @@ class LoRMMethod(Method):
                 state[WEIGHTED_DELTA + str(index)] + (delta @ gram).numpy()
             )
         for group in self.group_ids:
-            merged[GRAM_SUM + str(group)] = (
-                state[GRAM_SUM + str(group)] + state[TASK_GRAM + str(group)]
+            merged[GRAM_SUM + str(group)] = state[GRAM_SUM + str(group)] + self._task_gram(
+                state, group
             )
             merged[TASK_GRAM + str(group)] = np.zeros_like(state[TASK_GRAM + str(group)])
+        merged[TASK_SAMPLES] = np.zeros(1)
         merged.update(self.fresh_factors(task.index + 1))
         merged[SCHEDULE] = np.array([task.index + 1, 0], np.int64)
         return merged
