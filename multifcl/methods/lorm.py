@@ -230,7 +230,7 @@ class LoRMMethod(Method):
             factor + str(index): value.detach().cpu().numpy().copy()
             for index, value in enumerate(trained)
         }
-        arrays.update(self._grams(data, head))
+        arrays.update(self._grams(data))
         arrays[CLASS_IDS] = np.arange(rows.start, rows.stop, dtype=np.int64)
         arrays[HEAD_ROWS] = head[0].detach().cpu().numpy().copy()
         arrays[BIAS_ROWS] = head[1].detach().cpu().numpy().copy()
@@ -260,7 +260,7 @@ class LoRMMethod(Method):
         return losses.mean(), training.seconds_per_step
 
     @torch.no_grad()
-    def _grams(self, data: InMemoryImages, head) -> State:
+    def _grams(self, data: InMemoryImages) -> State:
         """The summed input Grams of every wrapped layer (one per input group) and of the
         head, by the trained local model, in float64 (packed upper triangles)."""
         sums: dict[int, torch.Tensor] = {}
