@@ -131,6 +131,8 @@ class ExperimentConfig:
     coda_pool_size: int = 100  # CODA-Prompt components per layer, num-tasks shares of them
     coda_prompt_length: int = 8  # tokens per component: half keys, half values
     coda_prompt_layers: int = 5  # prefix-tuned blocks: the first ones (at most all)
+    lorm_rank: int = 16  # rank of each task's LoRA (LoRM's official code: r=16)
+    lorm_regmean_alpha: float = 0.5  # RegMean's share of the Grams' off-diagonal
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
     min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
@@ -175,6 +177,8 @@ class ExperimentConfig:
         _check_choice("head", self.head, HEADS)
         if self.method == "pilora":
             self._check_pilora_plugins()
+        if self.method == "lorm":
+            self._check_lorm()
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
         _check_choice("etf-map", self.etf_map, ETF_MAPS)
         if self.head == "etf" and self.method == "multifcl" and self.etf_map != "batchnorm-linear":
@@ -204,6 +208,7 @@ class ExperimentConfig:
         positive += ("pilora-prototype-lr", "pilora-lora-lr", "analytic-ridge")
         positive += ("l2p-pool-size", "l2p-prompt-length", "l2p-top-k", "coda-pool-size")
         positive += ("coda-prompt-length", "coda-prompt-layers")
+        positive += ("lorm-rank",)
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
@@ -337,6 +342,25 @@ class ExperimentConfig:
             raise ConfigError(
                 "run config key 'coda-pool-size': needs at least one component per task "
                 f"(num-tasks = {self.num_tasks}), got {self.coda_pool_size}"
+            )
+
+    def _check_lorm(self) -> None:
+        """LoRM's merge is the clients' least squares, with a linear head; a robust rule or
+        another head has no place in it."""
+        if not 0 < self.lorm_regmean_alpha <= 1:
+            raise ConfigError(
+                "run config key 'lorm-regmean-alpha': must be in (0, 1], "
+                f"got {self.lorm_regmean_alpha!r}"
+            )
+        if self.head != "default":
+            raise ConfigError(
+                f"run config key 'head': lorm trains a linear head merged by least squares; "
+                f"it has no {self.head!r} head"
+            )
+        if self.robust_merge != "none":
+            raise ConfigError(
+                f"run config key 'robust-merge': lorm merges by closed-form least squares "
+                f"from the clients' Gram sums, not by {self.robust_merge!r}; use 'none'"
             )
 
     def _check_two_phase(self) -> None:

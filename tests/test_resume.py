@@ -352,6 +352,7 @@ class _Crash(BaseException):
         ("analytic", {"analytic-projection-dim": 48}),
         ("fedproto", {"rounds-per-task": 2}),
         ("coda-prompt", {"rounds-per-task": 2, "coda-pool-size": 10}),  # l2p: same base
+        ("lorm", {"lorm-rank": 4}),
     ],
 )
 def test_a_run_stopped_mid_task_resumes_exactly_for_each_method(method, keys, tmp_path):

@@ -8,12 +8,12 @@ import numpy as np
 
 from multifcl.client_schedule import ClientSchedule
 from multifcl.config import ExperimentConfig
+from multifcl.data.client_test_slices import split_test_set
 from multifcl.data.fingerprint import DataFingerprint, split_fingerprint
 from multifcl.data.images import DataError, InMemoryImages
 from multifcl.data.partitions import make_partition
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
-from multifcl.data.client_test_slices import split_test_set
 
 READ_CHECK_CHUNK = 2048
 

@@ -10,6 +10,7 @@ from multifcl.methods.coda_prompt import CodaPromptMethod
 from multifcl.methods.fedproto import FedProtoMethod
 from multifcl.methods.finetune import FinetuneMethod
 from multifcl.methods.l2p import L2PMethod
+from multifcl.methods.lorm import LoRMMethod
 from multifcl.methods.lwf import LwFMethod
 from multifcl.methods.multifcl import MultiFCLMethod
 from multifcl.methods.pilora import PiLoRAMethod
@@ -27,6 +28,7 @@ METHODS: dict[str, type[Method]] = {
         AnalyticMethod,
         L2PMethod,
         CodaPromptMethod,
+        LoRMMethod,
     )
 }
 
