@@ -116,6 +116,15 @@ class StreamSchedule:
                 seen.update(order[: min(-(-started // self.rounds_per_task), len(order))])
         return sorted(seen)
 
+    def ended_tasks(self, stage: Stage) -> list[int]:
+        """The global tasks whose last client finishes them within `stage`."""
+        ends: dict[int, int] = {}  # task -> the last global round any client trains it
+        for client, order in enumerate(self.orders):
+            for place, task in enumerate(order):
+                end = self.offsets[client] + (place + 1) * self.rounds_per_task
+                ends[task] = max(ends.get(task, 0), end)
+        return sorted(t for t, end in ends.items() if stage.first_round <= end <= stage.last_round)
+
     def client_tasks(self) -> list[list[int]]:
         """Clients x global rounds: the task each client trains in each round (IDLE: none)."""
         rounds = range(1, self.total_rounds + 1)
