@@ -4,6 +4,7 @@ server's checks of each client's own task, the synchronous special case, and a r
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_per_client_schedule_covers_every_round_and_task():
         trained = row[row != IDLE]
         assert trained.tolist() == [t for t in schedule.orders[client] for _ in range(2)]
     seen = [schedule.seen_tasks(stage) for stage in schedule.stages]
-    assert all(set(a) <= set(b) for a, b in zip(seen, seen[1:], strict=False))
+    assert all(set(a) <= set(b) for a, b in itertools.pairwise(seen))
     assert seen[-1] == [0, 1, 2, 3]
     assert StreamSchedule.of(config, 6) == schedule  # drawn from the seed alone
 
