@@ -15,6 +15,8 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.config_names import check_names
 from multifcl.data import Task
 from multifcl.metrics.continual import summarize, summarize_stages
+from multifcl.reporting.report_command import render_report
+from multifcl.reporting.run_results import RunResults
 from multifcl.update_validation import RejectedUpdate, check_trained_claim
 from tests.conftest import TINY, run_in_process
 
@@ -136,3 +138,5 @@ def test_per_client_order_with_delays_runs_stage_by_stage(tmp_path):
         sent.setdefault(node - 1000, []).append(message.content["config"]["task"])
     for client, row in enumerate(schedule.client_tasks()):
         assert sent[client] == [t for t in row if t != IDLE]
+    figures = render_report([RunResults.load(tmp_path / "run")], tmp_path / "report", print)
+    assert tmp_path / "report" / "schedule-run.png" in figures
