@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from clients.client_app import train
 from multifcl.client_stream_schedule import IDLE, StreamSchedule
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.config_names import check_names
@@ -18,6 +19,7 @@ from multifcl.metrics.continual import summarize, summarize_stages
 from multifcl.reporting.report_command import render_report
 from multifcl.reporting.run_results import RunResults
 from multifcl.update_validation import RejectedUpdate, check_trained_claim
+from strategies.continual import RoundFailed
 from tests.conftest import TINY, run_in_process
 
 TIMING_COLUMNS = ("seconds", "seconds_per_step", "client_seconds", "client_peak_rss_mb")
@@ -118,16 +120,21 @@ def test_stage_path_reduces_to_the_synchronous_run(tmp_path, monkeypatch):
     assert _results(tmp_path / "stages") == _results(tmp_path / "tasks")
 
 
-def test_per_client_order_with_delays_runs_stage_by_stage(tmp_path):
-    config = _config(
-        num_tasks=2,
-        rounds_per_task=2,
-        client_task_order="per-client",
-        client_start_delay_rounds=3,
-        output_dir=tmp_path / "run",
-    )
-    metrics, grid = run_in_process(config, num_nodes=4)
-    schedule = StreamSchedule.of(config, 4)
+ASYNC = {"client_task_order": "per-client", "client_start_delay_rounds": 3, "max_round_retries": 0}
+NODES = 4
+
+
+@pytest.fixture(scope="module")
+def asynchronous_run(tmp_path_factory):
+    """A per-client-order run with delays over 4 clients: its config, metrics and grid."""
+    config = _config(**ASYNC, output_dir=tmp_path_factory.mktemp("asynchronous") / "run")
+    metrics, grid = run_in_process(config, num_nodes=NODES)
+    return config, metrics, grid
+
+
+def test_per_client_order_with_delays_runs_stage_by_stage(asynchronous_run, tmp_path):
+    config, metrics, grid = asynchronous_run
+    schedule = StreamSchedule.of(config, NODES)
     assert metrics["num_stages"] == len(schedule.stages) == 4  # ceil((2 x 2 + 3) / 2)
     assert len(metrics["accuracy_matrix"]) == 4
     assert all(a is not None for a in metrics["accuracy_matrix"][-1])
@@ -138,5 +145,28 @@ def test_per_client_order_with_delays_runs_stage_by_stage(tmp_path):
         sent.setdefault(node - 1000, []).append(message.content["config"]["task"])
     for client, row in enumerate(schedule.client_tasks()):
         assert sent[client] == [t for t in row if t != IDLE]
-    figures = render_report([RunResults.load(tmp_path / "run")], tmp_path / "report", print)
+    figures = render_report([RunResults.load(config.output_dir)], tmp_path / "report", print)
     assert tmp_path / "report" / "schedule-run.png" in figures
+
+
+def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):
+    reference, _, _ = asynchronous_run
+    config = _config(**ASYNC, output_dir=tmp_path / "run")
+    calls = []
+    schedule = StreamSchedule.of(config, NODES)
+    before = sum(len(schedule.training(r)) for r in range(1, schedule.stages[2].first_round))
+
+    def dies_in_stage_3(message, context):
+        calls.append(message)
+        if len(calls) > before:  # past the messages of stages 1 and 2: every client fails
+            raise RuntimeError("the machine went away")
+        return train(message, context)
+
+    with pytest.raises(RoundFailed):
+        run_in_process(config, num_nodes=NODES, handler=dies_in_stage_3)
+    resumed = ExperimentConfig(**{**vars(config), "resume_from": config.output_dir})
+    run_in_process(resumed, num_nodes=NODES, base_dir=tmp_path)
+    metrics, rounds = _results(config.output_dir)
+    expected_metrics, expected_rounds = _results(reference.output_dir)
+    assert metrics == expected_metrics
+    assert [r for r in rounds if r["merged"] == "True"] == expected_rounds
