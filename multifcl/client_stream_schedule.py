@@ -138,6 +138,7 @@ class StreamSchedule:
         return {
             "client_task_order": self.order,
             "client_start_delay_rounds": self.delay,
+            "rounds_per_task": self.rounds_per_task,
             "global_rounds": self.total_rounds,
             "orders": [list(order) for order in self.orders],
             "offsets": list(self.offsets),

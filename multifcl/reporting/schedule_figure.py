@@ -20,7 +20,7 @@ def stream_schedule(metrics: Mapping, title: str, path: Path) -> Path:
     table[table < 0] = np.nan  # idle
     num_tasks = metrics["num_tasks"]
     rounds = table.shape[1]
-    size = -(-rounds // len(schedule["seen_tasks"]))  # rounds per stage
+    size = schedule["rounds_per_task"]  # a stage ends every rounds-per-task global rounds
     ends = [min((s + 1) * size, rounds) for s in range(len(metrics["stage_accuracy"]))]
     with new_figure(figsize=(11, 4.2), columns=2) as (figure, (left, right)):
         image = left.imshow(
