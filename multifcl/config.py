@@ -25,6 +25,7 @@ KD_WEIGHTINGS = ("entropy", "inverse-kl", "uniform")
 INFERENCES = ("final", "ensemble")
 PROTOTYPE_REFINES = ("per-epoch", "running-mean", "halving")
 TASK1_SCHEDULES = ("two-phase", "joint")
+CLIENT_TASK_ORDERS = ("shared", "per-client")
 OPTIMIZERS = ("sgd", "adamw", "msam", "msam-adamw", "sam")
 HEADS = ("default", "etf")
 ETF_LOSSES = ("dr", "ce")
@@ -139,6 +140,8 @@ class ExperimentConfig:
     fraction_train: float = 1.0  # share of the run's clients sampled for each round (Flower's name)
     min_train_clients: int = 1  # each round samples at least this many clients
     clients_per_task: str = ""  # "10,15,20" or "4+2": only the first k_t clients train task t
+    client_task_order: str = "shared"  # "per-client": each client its own task order
+    client_start_delay_rounds: int = 0  # D: each client starts 0..D rounds late
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     expected_clients: int = 0  # 0: any federation size; else the run refuses another size
     allow_missing_partitions: bool = False  # true: run when no node holds some partitions
@@ -173,6 +176,7 @@ class ExperimentConfig:
         _check_choice("inference", self.inference, INFERENCES)
         _check_choice("prototype-refine", self.prototype_refine, PROTOTYPE_REFINES)
         _check_choice("task1-schedule", self.task1_schedule, TASK1_SCHEDULES)
+        _check_choice("client-task-order", self.client_task_order, CLIENT_TASK_ORDERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("head", self.head, HEADS)
         if self.method == "pilora":
@@ -216,6 +220,7 @@ class ExperimentConfig:
         not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
         not_negative += ("expected-clients", "max-round-retries", "analytic-projection-dim")
         not_negative += ("fedproto-lambda", "l2p-pull-weight")
+        not_negative += ("client-start-delay-rounds",)
         not_negative += ("extract-batch-size", "eval-batch-size")
         for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
@@ -249,6 +254,7 @@ class ExperimentConfig:
         self._check_two_phase()
         if self.method in PROMPT_METHODS:
             self._check_prompts()
+        self._check_asynchronous()
         schedule = ClientSchedule.parse(self.clients_per_task, self.num_tasks)  # or raises
         if self.expected_clients:  # the federation's size is known now
             schedule.check_federation(self.expected_clients)
@@ -362,6 +368,34 @@ class ExperimentConfig:
                 f"run config key 'robust-merge': lorm merges by closed-form least squares "
                 f"from the clients' Gram sums, not by {self.robust_merge!r}; use 'none'"
             )
+
+    def _check_asynchronous(self) -> None:
+        """An asynchronous stream (docs/asynchronous.md): every client must end within the
+        run's rounds, and the per-task schedules it cannot combine with are refused."""
+        delay, rounds = self.client_start_delay_rounds, self.num_tasks * self.rounds_per_task
+        if delay >= rounds:
+            raise ConfigError(
+                f"run config key 'client-start-delay-rounds': must be below num-tasks x "
+                f"rounds-per-task = {rounds} (a later start leaves rounds without any client "
+                f"training), got {delay}"
+            )
+        if self.client_task_order == "shared" and not delay:
+            return
+        key = (
+            "client-task-order"
+            if self.client_task_order != "shared"
+            else ("client-start-delay-rounds")
+        )
+        value = self.client_task_order if key == "client-task-order" else delay
+        for other, clash in (
+            ("clients-per-task", self.clients_per_task),
+            ("eval-local", self.eval_local),
+        ):
+            if clash:
+                raise ConfigError(
+                    f"run config key '{key}': {value!r} gives an asynchronous stream, which "
+                    f"does not combine with {other} (set {other} back to its default)"
+                )
 
     def _check_two_phase(self) -> None:
         """Two phases need two rounds, and every holder in the experts' round: the rows it

@@ -52,6 +52,7 @@ class AnalyticHead(nn.Module):
 
 class AnalyticMethod(PrototypesMethod):
     name = "analytic"
+    runs_asynchronously = False  # not checked asynchronously yet (docs/asynchronous.md)
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)

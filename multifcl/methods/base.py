@@ -61,6 +61,8 @@ class Method(ABC):
     """A federated continual-learning method over a shared, frozen backbone."""
 
     name: ClassVar[str]
+    # whether clients may train different tasks in one round (docs/asynchronous.md)
+    runs_asynchronously: ClassVar[bool] = False
     feature_cache: FeatureCache | None = None  # the clients' training-feature cache, if any
 
     def __init__(

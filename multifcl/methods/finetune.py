@@ -83,6 +83,7 @@ class TrainableTop(nn.Module):
 
 class FinetuneMethod(FedAvgModelMethod):
     name = "finetune"
+    runs_asynchronously = True  # FedAvg of one model over every task of the round
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
