@@ -168,6 +168,11 @@ def run_comparison(
         if run.name in done_before:
             echo(f"{prefix}: finished before, skipped")
             continue
+        if is_finished(run.run_dir):  # finished meanwhile by another compare on this folder
+            _check_same_config(run, plan.num_clients)
+            pending -= 1
+            echo(f"{prefix}: finished meanwhile by another process, skipped")
+            continue
         if run.run_dir.exists():  # refused while another process still runs it
             with RunLock(run.run_dir, None, where=f"{prefix}: the unfinished leftover"):
                 moved = _move_aside(run.run_dir, plan.out / "unfinished")

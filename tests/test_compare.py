@@ -87,6 +87,24 @@ def test_two_rows_two_seeds_give_mean_and_std_and_a_second_call_reruns_nothing(t
     assert launched == []
 
 
+def test_a_run_another_process_finished_meanwhile_is_kept_not_moved_aside_and_rerun(tmp_path):
+    """Two compares on one folder: the second finishes a run the first planned as pending."""
+    out = tmp_path / "out"
+    plan = plan_comparison(["prototypes"], [0, 1], out, TINY)
+    launched: list[str] = []
+    other = in_process([])
+
+    def launch_and_finish_the_next(run) -> None:  # the other process runs seed 1 meanwhile
+        in_process(launched)(run)
+        other(plan.runs[1])
+
+    lines: list[str] = []
+    run_comparison(plan, launch_and_finish_the_next, echo=lines.append)
+    assert launched == ["prototypes-seed0"]
+    assert "[2/2] prototypes seed 1: finished meanwhile by another process, skipped" in lines
+    assert not (out / "unfinished").exists()
+
+
 def test_one_seed_writes_na_for_the_std_and_a_changed_config_is_refused(tmp_path):
     out = tmp_path / "out"
     plan = plan_comparison(["prototypes"], [3], out, TINY)
