@@ -16,7 +16,8 @@ from multifcl.client_sampling import ClientSampler, never_sampled_classes
 from multifcl.client_schedule import ClientSchedule
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
-from multifcl.evaluation import evaluate_seen_tasks
+from multifcl.data.federation import VALIDATION
+from multifcl.evaluation import StageAccuracy, evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
 from multifcl.methods import State
 from multifcl.metrics import AccuracyHistory, RoundRecord
@@ -215,8 +216,9 @@ class _TaskLoop:
         method, run_dir = self.experiment.method, self.run_dir
         state = method.end_task(checkpoint.state, task)  # checkpointed below, with the scores
         stage = evaluate_seen_tasks(method, state, self.experiment.data, task)
+        validation = self._evaluate_validation(state, task)
         clients = self._evaluate_clients(checkpoint, state, task)
-        accuracy = checkpoint.accuracy.appended(stage, clients)
+        accuracy = checkpoint.accuracy.appended(stage, clients, validation)
         metrics = run_dir.write_metrics(accuracy, self.num_tasks)
         if self.config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
@@ -242,6 +244,17 @@ class _TaskLoop:
         if clients is not None:
             log(INFO, "task %d/%d: %s", task.index + 1, self.num_tasks, _spread_line(metrics))
         return checkpoint, metrics
+
+    def _evaluate_validation(self, state: State, task: Task) -> StageAccuracy | None:
+        """val-fraction > 0: the held-out training samples of every seen task, scored as the
+        test sets are (A_t logged); None otherwise."""
+        if self.config.val_fraction == 0:
+            return None
+        method, data = self.experiment.method, self.experiment.data
+        validation = evaluate_seen_tasks(method, state, data, task, subset=VALIDATION)
+        stage_accuracy = sum(validation.cil) / len(validation.cil)  # A_t, as metrics.json's
+        log(INFO, "task %d/%d: validation A_t %.2f", task.index + 1, self.num_tasks, stage_accuracy)
+        return validation
 
     def _evaluate_clients(
         self, checkpoint: Checkpoint, state: State, task: Task
