@@ -11,6 +11,11 @@ unfinished leftover is moved to OUT/unfinished/ and run again. Then OUT gets com
 and comparison.csv (Last, Avg, Forgetting, BWT and TIL Last as mean ± std over seeds, bytes
 and seconds per round), accuracy_curves.png, last_accuracy.png and bytes_per_round.png;
 flwr's log of each run is kept in OUT/logs/.
+
+With --grid "lr=1e-3,1e-2 local-epochs=1,5", each row first runs every grid point on
+--tuning-seed with --val-fraction of its training samples held out (OUT/tuning/), the point
+with the best validation Avg is chosen per row (multifcl.tuning_grid), and the chosen
+point runs over the seeds; comparison.md then holds the grid table.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ EXAMPLES = (
         "multifcl compare --methods configs/ablation/*.toml --seeds 0 --out runs/ablation "
         "--overrides \"backbone='efficientnet-lite0' logger='wandb'\""
     ),
+    'multifcl compare --methods finetune lwf --seeds 0 1 2 --out runs/tuned --grid "lr=1e-3,1e-2"',
 )
 
 RunConfig = dict[str, bool | int | float | str]
