@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -32,8 +33,10 @@ from protocol.messages import (
     NUM_PARTITIONS,
     PARTITION_ID,
     REPORT,
+    TRAINED,
     record_to_state,
     state_to_record,
+    trained_record,
     update_to_content,
 )
 
@@ -123,7 +126,9 @@ def train(msg: Message, context: Context) -> Message:
     update.metrics[CLIENT_SECONDS] = time.perf_counter() - started
     update.metrics[PEAK_RSS_MB] = peak_rss_mb()
     release_cached_gpu_memory(experiment.backbone.device)
-    return Message(update_to_content(update, config.transmit_dtype), reply_to=msg)
+    content = update_to_content(update, config.transmit_dtype)
+    content[TRAINED] = trained_record(task.index, np.unique(data.labels).tolist())
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -1,5 +1,5 @@
 """Client-side evaluation (`eval-local`): after each task a client scores the global model
-and its own locally trained model on its own test slice (`data/test_slices.py`) of every
+and its own locally trained model on its own test slice (`data/client_test_slices.py`) of every
 task seen so far, and the server checks that report before it counts it.
 
 A report holds, for every class with at least one test sample in the client's slice, in

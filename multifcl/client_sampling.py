@@ -56,7 +56,11 @@ class ClientSampler:
 
     def partition_ids(self, task: int, server_round: int) -> list[int]:
         """The sorted partition ids sampled for round `server_round` of task `task` (0-based)."""
-        held = self.taking_part(task)
+        return self.draw(self.taking_part(task), task, server_round)
+
+    def draw(self, held: list[int], task: int, server_round: int) -> list[int]:
+        """The sorted partition ids sampled among the sorted `held` for round `server_round`
+        of `task` (0-based; a stage's index in an asynchronous stream)."""
         size = self.size_among(len(held))
         if size == len(held):
             return held

@@ -25,6 +25,7 @@ KD_WEIGHTINGS = ("entropy", "inverse-kl", "uniform")
 INFERENCES = ("final", "ensemble")
 PROTOTYPE_REFINES = ("per-epoch", "running-mean", "halving")
 TASK1_SCHEDULES = ("two-phase", "joint")
+CLIENT_TASK_ORDERS = ("shared", "per-client")
 OPTIMIZERS = ("sgd", "adamw", "msam", "msam-adamw", "sam")
 HEADS = ("default", "etf")
 ETF_LOSSES = ("dr", "ce")
@@ -39,6 +40,8 @@ ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
 AUGMENTS = ("none", "standard")
 FORCE_CACHE = "force"  # `cache-features`: keep caching frozen-encoder features under `augment`
 SPLIT_FILE_DATASETS = ("imagefolder", "imagenet-r")
+PROMPT_METHODS = ("l2p", "coda-prompt")  # prompts in a transformer's tokens
+CNN_BACKBONE = "efficientnet-lite0"  # the one CNN backbone, known by name before loading
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,23 @@ class ExperimentConfig:
     analytic_projection_dim: int = 1024  # random ReLU features (0: the backbone's features)
     analytic_ridge: float = 1.0  # ridge lambda of the analytic classifier's solve
     fedproto_lambda: float = 1.0  # weight of the pull of features to the global prototypes
+    l2p_pool_size: int = 10  # prompts in L2P's pool
+    l2p_prompt_length: int = 5  # tokens per L2P prompt
+    l2p_top_k: int = 5  # prompts chosen per image
+    l2p_pull_weight: float = 0.1  # weight of the pull of the chosen keys to the query
+    coda_pool_size: int = 100  # CODA-Prompt components per layer, num-tasks shares of them
+    coda_prompt_length: int = 8  # tokens per component: half keys, half values
+    coda_prompt_layers: int = 5  # prefix-tuned blocks: the first ones (at most all)
+    lorm_rank: int = 16  # rank of each task's LoRA (LoRM's official code: r=16)
+    lorm_regmean_alpha: float = 0.5  # RegMean's share of the Grams' off-diagonal
     # Fault tolerance and resume (README "Fault tolerance and resume")
     round_timeout: float = 86400.0  # seconds a round waits for replies
     min_fit_fraction: float = 0.5  # share of the round's sampled clients whose replies must merge
     fraction_train: float = 1.0  # share of the run's clients sampled for each round (Flower's name)
     min_train_clients: int = 1  # each round samples at least this many clients
     clients_per_task: str = ""  # "10,15,20" or "4+2": only the first k_t clients train task t
+    client_task_order: str = "shared"  # "per-client": each client its own task order
+    client_start_delay_rounds: int = 0  # D: each client starts 0..D rounds late
     max_round_retries: int = 2  # re-sends of a round that got too few usable replies
     expected_clients: int = 0  # 0: any federation size; else the run refuses another size
     allow_missing_partitions: bool = False  # true: run when no node holds some partitions
@@ -163,10 +177,13 @@ class ExperimentConfig:
         _check_choice("inference", self.inference, INFERENCES)
         _check_choice("prototype-refine", self.prototype_refine, PROTOTYPE_REFINES)
         _check_choice("task1-schedule", self.task1_schedule, TASK1_SCHEDULES)
+        _check_choice("client-task-order", self.client_task_order, CLIENT_TASK_ORDERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("head", self.head, HEADS)
         if self.method == "pilora":
             self._check_pilora_plugins()
+        if self.method == "lorm":
+            self._check_lorm()
         _check_choice("etf-loss", self.etf_loss, ETF_LOSSES)
         _check_choice("etf-map", self.etf_map, ETF_MAPS)
         if self.head == "etf" and self.method == "multifcl" and self.etf_map != "batchnorm-linear":
@@ -194,13 +211,17 @@ class ExperimentConfig:
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
         positive += ("round-timeout", "torch-threads", "prototype-lr", "min-train-clients")
         positive += ("pilora-prototype-lr", "pilora-lora-lr", "analytic-ridge")
+        positive += ("l2p-pool-size", "l2p-prompt-length", "l2p-top-k", "coda-pool-size")
+        positive += ("coda-prompt-length", "coda-prompt-layers")
+        positive += ("lorm-rank",)
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
         not_negative += ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
         not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
         not_negative += ("expected-clients", "max-round-retries", "analytic-projection-dim")
-        not_negative += ("fedproto-lambda",)
+        not_negative += ("fedproto-lambda", "l2p-pull-weight")
+        not_negative += ("client-start-delay-rounds",)
         not_negative += ("extract-batch-size", "eval-batch-size")
         for key in not_negative:
             if getattr(self, _attribute(key)) < 0:
@@ -236,6 +257,9 @@ class ExperimentConfig:
                 "set use-experts=true or use-self-kd=false"
             )
         self._check_two_phase()
+        if self.method in PROMPT_METHODS:
+            self._check_prompts()
+        self._check_asynchronous()
         schedule = ClientSchedule.parse(self.clients_per_task, self.num_tasks)  # or raises
         if self.expected_clients:  # the federation's size is known now
             schedule.check_federation(self.expected_clients)
@@ -304,6 +328,78 @@ class ExperimentConfig:
                     f"run config key '{key}': pilora trains with Adam at pilora-prototype-lr and "
                     "pilora-lora-lr (pilora-weight-decay), cosine over each task's rounds; "
                     f"leave {key} at its default {default!r}"
+                )
+
+    def _check_prompts(self) -> None:
+        """The prompt methods: a transformer backbone, a linear head, prompt sizes that fit."""
+        if self.backbone == CNN_BACKBONE:
+            raise prompts_need_tokens(self.method, self.backbone)
+        if self.head != "default":
+            raise ConfigError(
+                f"run config key 'head': {self.method} trains a linear head; it has no "
+                f"{self.head!r} head"
+            )
+        if self.l2p_top_k > self.l2p_pool_size:
+            raise ConfigError(
+                f"run config key 'l2p-top-k': at most l2p-pool-size ({self.l2p_pool_size}), "
+                f"got {self.l2p_top_k}"
+            )
+        if self.coda_prompt_length % 2:
+            raise ConfigError(
+                "run config key 'coda-prompt-length': must be even (half keys, half values), "
+                f"got {self.coda_prompt_length}"
+            )
+        if self.coda_pool_size < self.num_tasks:
+            raise ConfigError(
+                "run config key 'coda-pool-size': needs at least one component per task "
+                f"(num-tasks = {self.num_tasks}), got {self.coda_pool_size}"
+            )
+
+    def _check_lorm(self) -> None:
+        """LoRM's merge is the clients' least squares, with a linear head; a robust rule or
+        another head has no place in it."""
+        if not 0 < self.lorm_regmean_alpha <= 1:
+            raise ConfigError(
+                "run config key 'lorm-regmean-alpha': must be in (0, 1], "
+                f"got {self.lorm_regmean_alpha!r}"
+            )
+        if self.head != "default":
+            raise ConfigError(
+                f"run config key 'head': lorm trains a linear head merged by least squares; "
+                f"it has no {self.head!r} head"
+            )
+        if self.robust_merge != "none":
+            raise ConfigError(
+                f"run config key 'robust-merge': lorm merges by closed-form least squares "
+                f"from the clients' Gram sums, not by {self.robust_merge!r}; use 'none'"
+            )
+
+    def _check_asynchronous(self) -> None:
+        """An asynchronous stream (docs/asynchronous.md): every client must end within the
+        run's rounds, and the per-task schedules it cannot combine with are refused."""
+        delay, rounds = self.client_start_delay_rounds, self.num_tasks * self.rounds_per_task
+        if delay >= rounds:
+            raise ConfigError(
+                f"run config key 'client-start-delay-rounds': must be below num-tasks x "
+                f"rounds-per-task = {rounds} (a later start leaves rounds without any client "
+                f"training), got {delay}"
+            )
+        if self.client_task_order == "shared" and not delay:
+            return
+        key = (
+            "client-task-order"
+            if self.client_task_order != "shared"
+            else ("client-start-delay-rounds")
+        )
+        value = self.client_task_order if key == "client-task-order" else delay
+        for other, clash in (
+            ("clients-per-task", self.clients_per_task),
+            ("eval-local", self.eval_local),
+        ):
+            if clash:
+                raise ConfigError(
+                    f"run config key '{key}': {value!r} gives an asynchronous stream, which "
+                    f"does not combine with {other} (set {other} back to its default)"
                 )
 
     def _check_two_phase(self) -> None:
@@ -431,6 +527,14 @@ def _check_loggers(value: str) -> None:
         raise ConfigError(
             f"run config key 'logger': name each logger once and not with 'none', got {value!r}"
         )
+
+
+def prompts_need_tokens(method: str, backbone: str) -> ConfigError:
+    """The one-line refusal of a prompt method on a CNN backbone."""
+    return ConfigError(
+        f"run config keys 'method' and 'backbone': method {method!r} puts prompts into a "
+        f"transformer's tokens; backbone {backbone!r} is a CNN (use a ViT or CLIP backbone)"
+    )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -72,6 +72,27 @@ def validate_update(
         raise RejectedUpdate(problem)
 
 
+def check_trained_claim(claim: tuple[int, list[int]] | None, task: Task, required: bool) -> None:
+    """Raise RejectedUpdate when a reply's claim (global task, classes trained) is not the
+    task the client was sent, or names classes outside it; a reply without a claim is
+    rejected only where one is `required` (an asynchronous round)."""
+    if claim is None:
+        if required:
+            raise RejectedUpdate("the reply does not name the task and classes it trained")
+        return
+    claimed, classes = claim
+    if claimed != task.index:
+        raise RejectedUpdate(
+            f"trained task {claimed + 1}, but this client was sent task {task.index + 1}"
+        )
+    outside = [c for c in classes if c not in task.classes]
+    if not classes or outside:
+        raise RejectedUpdate(
+            f"trained classes {outside[:NAMES_SHOWN] or classes} are not classes of task "
+            f"{task.index + 1} ({task.classes.start}..{task.classes.stop - 1})"
+        )
+
+
 def outlier_updates(
     state: State,
     updates: Mapping[Hashable, ClientUpdate],
@@ -289,6 +310,7 @@ def _check_counts(counts: np.ndarray, num_examples: int) -> None:
 __all__ = [
     "MAX_EXAMPLES",
     "RejectedUpdate",
+    "check_trained_claim",
     "max_update_bytes",
     "outlier_updates",
     "validate_update",

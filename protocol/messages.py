@@ -11,7 +11,7 @@ object once.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from multifcl.methods import ClientUpdate, State
 
@@ -25,6 +25,7 @@ CLAIM = "claim"  # the reply's ConfigRecord: partition id, number of partitions,
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 LOCAL_ARRAYS = "local-arrays"  # eval-local: the client's own model, beside the global ARRAYS
 REPORT = "report"  # eval-local: the reply's ArrayRecord of scores (multifcl.client_evaluation)
+TRAINED = "trained"  # a train reply's ConfigRecord: the global task and classes it trained
 
 
 def state_to_record(state: State, float_dtype: str = "float32") -> ArrayRecord:
@@ -81,6 +82,23 @@ def content_to_update(content: RecordDict) -> ClientUpdate:
         None if loss is None else float(loss),
         {key: float(value) for key, value in metrics.items()},
     )
+
+
+def trained_record(task: int, classes) -> ConfigRecord:
+    """What a client names in its reply: the global task (0-based) and classes it trained."""
+    return ConfigRecord({"task": int(task), "classes": sorted(int(c) for c in classes)})
+
+
+def trained_claim(content: RecordDict) -> tuple[int, list[int]] | None:
+    """The (task, classes) a reply says it trained; None when it says nothing; a
+    ValueError when the record is malformed."""
+    if TRAINED not in content.config_records:
+        return None
+    record = content.config_records[TRAINED]
+    task, classes = record["task"], record["classes"]
+    if not isinstance(task, int) or not all(isinstance(c, int) for c in classes):
+        raise ValueError(f"the {TRAINED!r} record holds {dict(record)!r}, not integers")
+    return task, list(classes)
 
 
 def _is_rounded(value: np.ndarray) -> bool:

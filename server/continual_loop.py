@@ -12,8 +12,9 @@ import numpy as np
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from multifcl.client_sampling import ClientSampler, never_sampled_classes
+from multifcl.client_sampling import ClientSampler, never_sampled_classes, sampled_label
 from multifcl.client_schedule import ClientSchedule
+from multifcl.client_stream_schedule import Stage, StreamSchedule, is_asynchronous
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
 from multifcl.data.federation import VALIDATION
@@ -33,10 +34,11 @@ from multifcl.results.folder_layout import ADAPTERS_FOLDER
 from multifcl.results.resume import check_same_clients, open_resumable_run, resume_folder
 from multifcl.results.run_directory import new_run_id, saved_run_id
 from multifcl.results.run_lock import RunLock
+from multifcl.stage_evaluation import evaluate_stage
 from server.handshake import Federation, FederationGrid, handshake
 from server.progress import RunProgress
 from strategies import RoundRunner
-from strategies.continual import RoundFailed
+from strategies.continual import RoundFailed, RoundPlan
 from strategies.evaluation_round import EvaluationRound
 
 NODE_WAIT_SECONDS = 120.0
@@ -68,15 +70,15 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
     tasks = _TaskLoop(grid, config, run_dir, experiment, federation, checkpoint.rounds_logged)
     metrics: dict | None = None
     with tasks.progress.periodic:  # a progress line with an ETA every minute while rounds run
-        for task in stream:
-            if checkpoint.accuracy.tasks_evaluated > task.index:  # before an interruption
+        for step in tasks.steps:  # the tasks, or an asynchronous stream's stages
+            if checkpoint.accuracy.tasks_evaluated > step.index:  # before an interruption
                 continue
             started = time.perf_counter()
-            checkpoint = tasks.train_rounds(checkpoint, task)
-            checkpoint, metrics = tasks.evaluate(checkpoint, task, started)
+            checkpoint = tasks.train_rounds(checkpoint, step)
+            checkpoint, metrics = tasks.evaluate(checkpoint, step, started)
     if metrics is None:  # resumed a run that had already finished
         log(INFO, "multifcl: every task of %s was already done", run_dir.path)
-        metrics = checkpoint.accuracy.metrics(stream.num_tasks)
+        metrics = {**checkpoint.accuracy.metrics(stream.num_tasks), **tasks.schedule_record}
     for path in experiment.method.export(checkpoint.state, run_dir.path / ADAPTERS_FOLDER):
         log(INFO, "multifcl: adapters exported to %s", path)
     print_summary(metrics, f"{config.method} on {config.dataset}")
@@ -84,9 +86,16 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
     return metrics
 
 
+def uses_stages(config: ExperimentConfig) -> bool:
+    """Whether the run goes stage by stage with each client's own task (an asynchronous
+    stream, docs/asynchronous.md) rather than task by task."""
+    return is_asynchronous(config)
+
+
 class _TaskLoop:
-    """One task at a time: its rounds over the federation's nodes, then its evaluation,
-    with a checkpoint after every round and after the evaluation."""
+    """One task (or stage of an asynchronous stream) at a time: its rounds over the
+    federation's nodes, then its evaluation, with a checkpoint after every round and after
+    the evaluation."""
 
     def __init__(
         self,
@@ -108,8 +117,18 @@ class _TaskLoop:
             experiment.data.schedule,
         )
         self.num_tasks = experiment.data.stream.num_tasks
-        self.round_log = _RoundLog(run_dir, rounds_logged, self.num_tasks, config)
-        self.progress = RunProgress(self.num_tasks, config.rounds_per_task)
+        self.schedule: StreamSchedule | None = None
+        self.steps: list[Task | Stage] = list(experiment.data.stream)
+        if uses_stages(config):
+            if config.val_fraction > 0:
+                raise ConfigError(
+                    "run config key 'val-fraction': an asynchronous stream is scored on the "
+                    f"test set only; set val-fraction=0, got {config.val_fraction}"
+                )
+            self.schedule = StreamSchedule.of(config, federation.num_partitions)
+            self.steps = self.schedule.stages
+        self.round_log = _RoundLog(run_dir, rounds_logged, len(self.steps), config)
+        self.progress = RunProgress(len(self.steps), config.rounds_per_task)
         self.rounds = RoundRunner(
             experiment.method,
             experiment.data.stream,
@@ -129,22 +148,35 @@ class _TaskLoop:
                 config.rounds_per_task,
             )
 
-    def train_rounds(self, checkpoint: Checkpoint, task: Task) -> Checkpoint:
-        """The task's rounds not yet done, each checkpointed; the checkpoint after the last."""
+    @property
+    def schedule_record(self) -> dict:
+        """What metrics.json adds for an asynchronous stream (`stream_schedule`)."""
+        if self.schedule is None or not is_asynchronous(self.config):
+            return {}
+        return {"num_stages": len(self.steps), "stream_schedule": self.schedule.as_record()}
+
+    def _rounds_in(self, step: Task | Stage) -> int:
+        return step.rounds if isinstance(step, Stage) else self.config.rounds_per_task
+
+    def train_rounds(self, checkpoint: Checkpoint, task: Task | Stage) -> Checkpoint:
+        """The task's (stage's) rounds not yet done, each checkpointed; the checkpoint
+        after the last."""
         config, run_dir = self.config, self.run_dir
+        rounds = self._rounds_in(task)
         first_round = checkpoint.rounds_done + 1 if task.index == checkpoint.task else 1
-        if first_round <= config.rounds_per_task:
+        if first_round <= rounds and self.schedule is None:
             self._log_joiners(task)
             self._warn_never_sampled(task)
         local_models = dict(checkpoint.local_models) if first_round > 1 else {}
-        for server_round in range(first_round, config.rounds_per_task + 1):
-            last_round = task.index == self.num_tasks - 1 and server_round == config.rounds_per_task
+        for server_round in range(first_round, rounds + 1):
+            last_round = task.index == len(self.steps) - 1 and server_round == rounds
             snapshots = config.save_task_checkpoints and last_round
             keep_client_states = snapshots or config.eval_local
             self.progress.round_started(task.index + 1, server_round)
+            plan = self._plan(task, server_round)
             try:
                 result = self.rounds.train_round(
-                    self.grid, checkpoint.state, task, server_round, keep_client_states
+                    self.grid, checkpoint.state, task, server_round, keep_client_states, plan
                 )
             except RoundFailed as error:
                 raise RoundFailed(
@@ -168,6 +200,22 @@ class _TaskLoop:
             checkpoint.save(run_dir.path)
             self.progress.round_finished()
         return checkpoint
+
+    def _plan(self, step: Task | Stage, server_round: int) -> RoundPlan | None:
+        """An asynchronous round's plan: each sampled client's own task and round in it,
+        drawn among the clients training in this global round; None for a task's round."""
+        if self.schedule is None:
+            return None
+        training = self.schedule.training(step.first_round + server_round - 1)
+        held = sorted(p for p in set(self.federation.partitions.values()) if p in training)
+        sampled = set(self.sampler.draw(held, step.index, server_round))
+        stream = self.experiment.data.stream
+        positions = {
+            node: (stream.task(training[part][0]), training[part][1])
+            for node, part in self.federation.partitions.items()
+            if part in sampled
+        }
+        return RoundPlan(positions, len(positions), sampled_label(sorted(sampled)))
 
     def _log_joiners(self, task: Task) -> None:
         """With `clients-per-task`: one line saying which clients take part in the task."""
@@ -210,22 +258,25 @@ class _TaskLoop:
             )
 
     def evaluate(
-        self, checkpoint: Checkpoint, task: Task, started: float
+        self, checkpoint: Checkpoint, task: Task | Stage, started: float
     ) -> tuple[Checkpoint, dict]:
-        """End the task, score every task seen so far, write metrics.json and checkpoint."""
+        """End the task (or the tasks whose last client finished in the stage), score
+        every task seen so far, write metrics.json and checkpoint."""
         method, run_dir = self.experiment.method, self.run_dir
-        state = method.end_task(checkpoint.state, task)  # checkpointed below, with the scores
-        stage = evaluate_seen_tasks(method, state, self.experiment.data, task)
+        state = checkpoint.state  # checkpointed below, with the scores
+        for ended in self._ended_tasks(task):
+            state = method.end_task(state, ended)
+        stage = self._score(state, task)
         validation = self._evaluate_validation(state, task)
         clients = self._evaluate_clients(checkpoint, state, task)
         accuracy = checkpoint.accuracy.appended(stage, clients, validation)
-        metrics = run_dir.write_metrics(accuracy, self.num_tasks)
+        metrics = run_dir.write_metrics(accuracy, self.num_tasks, self.schedule_record)
         if self.config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
         checkpoint = _advance(
             checkpoint,
             task=task.index,
-            rounds_done=self.config.rounds_per_task,
+            rounds_done=self._rounds_in(task),
             state=state,
             accuracy=accuracy,
             rounds_logged=self.round_log.rows,
@@ -236,9 +287,9 @@ class _TaskLoop:
             INFO,
             "task %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
             task.index + 1,
-            self.num_tasks,
+            len(self.steps),
             time.perf_counter() - started,
-            [round(a, 1) for a in stage.cil],
+            [None if a is None else round(a, 1) for a in stage.cil],
             metrics["stage_accuracy"][-1],
         )
         if clients is not None:
@@ -255,6 +306,22 @@ class _TaskLoop:
         stage_accuracy = sum(validation.cil) / len(validation.cil)  # A_t, as metrics.json's
         log(INFO, "task %d/%d: validation A_t %.2f", task.index + 1, self.num_tasks, stage_accuracy)
         return validation
+
+    def _ended_tasks(self, step: Task | Stage) -> list[Task]:
+        """The tasks that end with this step: the task itself, or in a stage the tasks
+        whose last client finishes them in it."""
+        if self.schedule is None:
+            return [step]
+        stream = self.experiment.data.stream
+        return [stream.task(index) for index in self.schedule.ended_tasks(step)]
+
+    def _score(self, state: State, step: Task | Stage) -> StageAccuracy:
+        """The global state's row of each accuracy matrix after the task or stage."""
+        data = self.experiment.data
+        if self.schedule is None:
+            return evaluate_seen_tasks(self.experiment.method, state, data, step)
+        seen = self.schedule.seen_tasks(step)
+        return evaluate_stage(self.experiment.method, state, data, seen)
 
     def _evaluate_clients(
         self, checkpoint: Checkpoint, state: State, task: Task
@@ -435,6 +502,8 @@ def _check_federation_size(config: ExperimentConfig, num_clients: int) -> None:
             f"clients, the federation has {num_clients} (in simulation: --federation-config "
             f'"num-supernodes={config.expected_clients}")'
         )
+    if is_asynchronous(config):  # a delay needs two clients
+        StreamSchedule.of(config, num_clients)
     if not config.allow_missing_partitions:  # then every partition has its node
         ClientSchedule.parse(config.clients_per_task, config.num_tasks).check_federation(
             num_clients

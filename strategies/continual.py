@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -16,13 +16,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from multifcl.client_sampling import ClientSampler, sampled_label
+from multifcl.client_stream_schedule import Stage
 from multifcl.data import Task, TaskStream
 from multifcl.features import CACHE_HITS, CACHE_MISSES
 from multifcl.methods import ClientUpdate, Method, State
 from multifcl.methods.base import CLASS_MEAN_COSINE, PROTOTYPE_MOVEMENT, SECONDS_PER_STEP
 from multifcl.metrics import RoundRecord
 from multifcl.metrics.resources import CLIENT_SECONDS, PEAK_RSS_MB
-from multifcl.update_validation import RejectedUpdate, outlier_updates, validate_update
+from multifcl.update_validation import (
+    RejectedUpdate,
+    check_trained_claim,
+    outlier_updates,
+    validate_update,
+)
 from protocol.broadcast import CHUNKS, MANIFEST, BroadcastLedger, ChunkedState, lacks_chunks
 from protocol.messages import (
     ARRAYS,
@@ -31,6 +37,7 @@ from protocol.messages import (
     record_bytes,
     record_to_state,
     state_to_record,
+    trained_claim,
 )
 
 REASON_MAX_CHARS = 200  # a failure reason in rounds.csv and the log stays one short line
@@ -51,11 +58,22 @@ class RoundResult:
     client_states: dict[int, State] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """An asynchronous round (docs/asynchronous.md): each sampled client's own global task
+    and its round within that task, by node id; `clients` counts the sampled clients
+    (connected or not) and `sampled` names them as rounds.csv does."""
+
+    positions: Mapping[int, tuple[Task, int]]
+    clients: int
+    sampled: str = ""
+
+
 @dataclass
 class _Attempt:
     """What one attempt of a round knows while it waits for and judges the replies."""
 
-    task: Task
+    task: Task | Stage  # the round's task; a stage (only its index) when there is a plan
     server_round: int
     number: int  # 1 for the first attempt, 2 for the first retry, ...
     state: State  # the global state as the clients received it
@@ -65,6 +83,11 @@ class _Attempt:
     started: float = field(default_factory=time.perf_counter)
     bytes_down: int = 0
     destinations: dict[str, int] = field(default_factory=dict)  # message id -> node
+    positions: Mapping[int, tuple[Task, int]] = field(default_factory=dict)  # a plan's
+
+    def position(self, node: int) -> tuple[Task, int]:
+        """The (task, round within it) `node` is sent: its own in a planned round."""
+        return self.positions.get(node, (self.task, self.server_round))
 
 
 @dataclass
@@ -149,16 +172,18 @@ class RoundRunner:
         task: Task,
         server_round: int,
         keep_client_states: bool = False,
+        plan: RoundPlan | None = None,
     ) -> RoundResult:
         """Run one round of `task` from `state`, re-sending it (same seeds) up to
         `max_round_retries` times while too few clients give a usable update; RoundFailed
-        when every attempt did."""
+        when every attempt did. With a `plan` each of its nodes trains its own task (and
+        `task` is the stage, whose index rounds.csv records)."""
         sent_state = record_to_state(state_to_record(state))  # as clients get it: float32
         chunked = ChunkedState.of(sent_state)
         attempts = self.max_round_retries + 1
         records: list[RoundRecord] = []
         for number in range(1, attempts + 1):
-            attempt = self._attempt(grid, task, server_round, number, sent_state)
+            attempt = self._attempt(grid, task, server_round, number, sent_state, plan)
             replies = self._send(grid, chunked, attempt)
             sorted_out = self._sort_out(attempt, replies)
             usable = sorted_out.in_merge_order()
@@ -175,10 +200,21 @@ class RoundRunner:
         raise RoundFailed(f"{failure}; gave up after {attempts} attempt(s)")
 
     def _attempt(
-        self, grid: Grid, task: Task, server_round: int, number: int, state: State
+        self,
+        grid: Grid,
+        task: Task | Stage,
+        server_round: int,
+        number: int,
+        state: State,
+        plan: RoundPlan | None = None,
     ) -> _Attempt:
-        """An attempt of the round, for its sampled nodes that are connected now."""
+        """An attempt of the round, for its sampled (or planned) nodes connected now."""
         connected = sorted(grid.get_node_ids())
+        if plan is not None:
+            nodes = sorted(set(connected) & set(plan.positions))
+            attempt = _Attempt(task, server_round, number, state, nodes, plan.clients)
+            attempt.sampled, attempt.positions = plan.sampled, plan.positions
+            return attempt
         if self.sampler is None:
             clients = max(len(connected), self.num_clients)
             return _Attempt(task, server_round, number, state, connected, clients)
@@ -221,7 +257,6 @@ class RoundRunner:
     ) -> list[Message]:
         """One message to each of `nodes` (all of the state when `whole`, else the chunks
         each lacks), counted in the attempt's bytes down; the replies within `timeout`."""
-        config = {"task": attempt.task.index, "round": attempt.server_round}
         payloads: dict[frozenset[bytes], tuple[dict, int]] = {}
         messages = []
         for node_id in nodes:
@@ -232,6 +267,8 @@ class RoundRunner:
                 payloads[held] = ({MANIFEST: chunked.manifest_record, CHUNKS: chunks}, size)
             records, size = payloads[held]
             attempt.bytes_down += size
+            task, task_round = attempt.position(node_id)
+            config = {"task": task.index, "round": task_round}
             messages.append(
                 Message(
                     RecordDict({**records, CONFIG: ConfigRecord(config)}),
@@ -247,7 +284,6 @@ class RoundRunner:
     def _sort_out(self, attempt: _Attempt, replies: Iterable[Message]) -> _Replies:
         """Usable updates and failed clients (error, malformed, rejected, outlier, silent)."""
         sorted_out = _Replies()
-        max_examples = len(self.stream.train_indices(attempt.task))  # no client has more
         for reply in replies:
             node = _sender(attempt, reply)
             if node not in attempt.nodes:  # not sampled, or not taking part in the task
@@ -265,8 +301,16 @@ class RoundRunner:
             except Exception as error:  # noqa: BLE001 - a malformed reply is a failed client
                 sorted_out.failed[node] = f"malformed reply: {type(error).__name__}: {error}"
                 continue
+            task = attempt.position(node)[0]
             try:
-                validate_update(attempt.state, update, attempt.task, self.method, max_examples)
+                claim = trained_claim(reply.content)
+            except Exception as error:  # noqa: BLE001 - a malformed reply is a failed client
+                sorted_out.failed[node] = f"malformed reply: {type(error).__name__}: {error}"
+                continue
+            try:
+                check_trained_claim(claim, task, required=bool(attempt.positions))
+                max_examples = len(self.stream.train_indices(task))  # no client has more
+                validate_update(attempt.state, update, task, self.method, max_examples)
             except RejectedUpdate as rejection:
                 sorted_out.failed[node] = f"rejected: {rejection}"
             else:
@@ -281,7 +325,8 @@ class RoundRunner:
         """Move the finite but absurd updates (next to the others) to the failed clients."""
         ratios = self.method.config.max_row_norm_ratio, self.method.config.max_change_ratio
         updates = sorted_out.updates
-        outliers = outlier_updates(attempt.state, updates, attempt.task, self.method, *ratios)
+        task = attempt.position(min(updates))[0] if updates else attempt.task  # the layout's
+        outliers = outlier_updates(attempt.state, updates, task, self.method, *ratios)
         for node, reason in outliers.items():
             sorted_out.failed[node] = f"rejected: {reason}"
             del updates[node]

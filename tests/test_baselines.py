@@ -447,7 +447,9 @@ def test_lwf_three_tasks_in_process_with_the_previous_task_as_teacher(tmp_path):
     assert all(np.array_equal(final[TEACHER_PREFIX + k], v) for k, v in model.items())
 
 
-@pytest.mark.parametrize("name", ["pilora", "lwf", "fedproto", "analytic"])
+@pytest.mark.parametrize(
+    "name", ["pilora", "lwf", "fedproto", "analytic", "l2p", "coda-prompt", "lorm"]
+)
 def test_presets_are_valid_run_configs(name):
     preset = Path(__file__).resolve().parents[1] / "configs" / "baselines" / f"{name}.toml"
     config = ExperimentConfig.from_run_config(tomllib.loads(preset.read_text()))

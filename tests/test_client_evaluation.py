@@ -19,7 +19,7 @@ from multifcl.client_evaluation import (
     check_report,
     expected_slice,
 )
-from multifcl.data.test_slices import split_test_set
+from multifcl.data.client_test_slices import split_test_set
 from multifcl.experiment import load_experiment
 from protocol.messages import REPORT, state_to_record
 from tests.conftest import run_in_process

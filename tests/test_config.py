@@ -108,7 +108,8 @@ def test_the_config_imports_nothing_of_the_library_built_on_it():
             method_class,
             (
                 "run config key 'method': unknown method 'multifl' (choose from prototypes, "
-                "finetune, multifcl, pilora, lwf, fedproto, analytic; did you mean 'multifcl'?)"
+                "finetune, multifcl, pilora, lwf, fedproto, analytic, l2p, coda-prompt, lorm; did "
+                "you mean 'multifcl'?)"
             ),
         ),
         ("dataset", "mnist-x", data_source, "run config key 'dataset': unknown dataset 'mnist-x'"),

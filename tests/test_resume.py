@@ -354,7 +354,12 @@ class _Crash(BaseException):
 
 @pytest.mark.parametrize(
     "method, keys",
-    [("analytic", {"analytic-projection-dim": 48}), ("fedproto", {"rounds-per-task": 2})],
+    [
+        ("analytic", {"analytic-projection-dim": 48}),
+        ("fedproto", {"rounds-per-task": 2}),
+        ("coda-prompt", {"rounds-per-task": 2, "coda-pool-size": 10}),  # l2p: same base
+        ("lorm", {"lorm-rank": 4}),
+    ],
 )
 def test_a_run_stopped_mid_task_resumes_exactly_for_each_method(method, keys, tmp_path):
     """In process (the SIGKILL test above covers `finetune`): stopped in task 2's second

@@ -262,6 +262,9 @@ METHOD_CONFIGS = {
     "lwf": {"method": "lwf"},
     "fedproto": {"method": "fedproto"},
     "analytic": {"method": "analytic", "analytic_projection_dim": 64},
+    "l2p": {"method": "l2p"},
+    "coda-prompt": {"method": "coda-prompt"},
+    "lorm": {"method": "lorm", "lorm_rank": 4},
 }
 
 
@@ -292,7 +295,7 @@ def test_genuine_updates_of_every_method_pass(name, tiny_config):
 
 
 @pytest.mark.parametrize(
-    "name", ["prototypes", "multifcl-lora-per-task", "finetune", "pilora", "analytic"]
+    "name", ["prototypes", "multifcl-lora-per-task", "finetune", "pilora", "analytic", "lorm"]
 )
 def test_no_genuine_update_is_an_outlier(name, tiny_config):
     """Three Dirichlet clients per task, float16 on the wire, two tasks merged in turn

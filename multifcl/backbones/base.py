@@ -9,7 +9,8 @@ so multi-scale experts can end on it. Input size and normalisation belong to the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from multifcl.backbones.pass_batches import PassBatches
 from multifcl.backbones.precision import backbone_autocast, pass_precision
 
 AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
+KeyValuePrefix = tuple[torch.Tensor, torch.Tensor]  # (N x P x d keys, N x P x d values)
 
 
 class Backbone(nn.Module):
@@ -40,6 +42,7 @@ class Backbone(nn.Module):
     feature_dim: int
     lora_targets: tuple[str, ...]
     token_features: bool  # True: blocks output N x tokens x d; False: N x C x H x W
+    supports_attention_prefixes = False  # `attention_prefixes` works (prefix-tuning)
     precision: str = "fp32"  # "bf16"/"auto" (precision.py): autocast; features leave as fp32
 
     def __init__(
@@ -105,6 +108,30 @@ class Backbone(nn.Module):
         for layer in self.blocks[:block]:
             hidden = self.run_block(layer, hidden)
         return hidden
+
+    def prompted_hidden(self, pixels: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """The last block's output when `prompts` (N x P x d tokens) are inserted into the
+        stem's token sequence right after its first (class) token: N x (1 + P + rest) x d.
+        Token backbones only (prompt-tuning)."""
+        with self.autocast():
+            hidden = self.stem(pixels)
+            prompts = prompts.to(hidden.dtype)
+            hidden = torch.cat([hidden[:, :1], prompts, hidden[:, 1:]], dim=1)
+            for layer in self.blocks:
+                hidden = self.run_block(layer, hidden)
+        return hidden.float()
+
+    def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Each token of a last-block output through the final norm, unpooled (token
+        backbones)."""
+        raise NotImplementedError(f"{type(self).__name__} has no token outputs")
+
+    @contextmanager
+    def attention_prefixes(self, prefixes: Mapping[int, KeyValuePrefix]) -> Iterator[None]:
+        """Inside: block i's attention also attends to the keys and values `prefixes[i]`
+        (prefix-tuning); only where `supports_attention_prefixes`."""
+        raise NotImplementedError(f"{type(self).__name__} takes no attention prefixes")
+        yield
 
     def taps(
         self, pixels: torch.Tensor, taps: Sequence[int], after_block: AfterBlock | None = None

@@ -99,6 +99,9 @@ class TimmViTBackbone(Backbone):
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         return _pool_tokens(hidden, self.tap_pool_type, self.num_prefix_tokens)
 
+    def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.final.fc_norm(self.final.norm(hidden))
+
 
 def _pool_tokens(
     hidden: torch.Tensor, pool_type: str, num_prefix_tokens: int, include_prefix: bool = False

@@ -6,13 +6,16 @@ final layer norm. Adapters go after each block; LoRA wraps the query and value p
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, CLIPVisionModel, ViTModel
 
-from multifcl.backbones.base import Backbone
+from multifcl.backbones import attention_prefixes
+from multifcl.backbones.base import Backbone, KeyValuePrefix
 from multifcl.config import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -36,6 +39,7 @@ class TransformerBackbone(Backbone):
     """A transformers ViT or CLIP image tower, split into embedding, blocks and final norm."""
 
     token_features = True
+    supports_attention_prefixes = attention_prefixes.REGISTERED
 
     def __init__(self, model: nn.Module, name: str) -> None:
         is_clip = isinstance(model, CLIPVisionModel)
@@ -64,6 +68,14 @@ class TransformerBackbone(Backbone):
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden[:, 0]
+
+    def token_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.final.norm(hidden)
+
+    @contextmanager
+    def attention_prefixes(self, prefixes: Mapping[int, KeyValuePrefix]) -> Iterator[None]:
+        with attention_prefixes.prefixed_attention(self.blocks, prefixes):
+            yield
 
 
 def _transformer_blocks(tower: nn.Module) -> nn.ModuleList:

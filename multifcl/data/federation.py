@@ -8,12 +8,12 @@ import numpy as np
 
 from multifcl.client_schedule import ClientSchedule
 from multifcl.config import ExperimentConfig
+from multifcl.data.client_test_slices import split_test_set
 from multifcl.data.fingerprint import DataFingerprint, split_fingerprint
 from multifcl.data.images import DataError, InMemoryImages
 from multifcl.data.partitions import make_partition
 from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
-from multifcl.data.test_slices import split_test_set
 
 READ_CHECK_CHUNK = 2048
 TEST, VALIDATION = "test", "validation"  # the held-out sets the server scores
@@ -66,7 +66,7 @@ class FederatedStream:
         return parts[client]
 
     def client_test_positions(self, task: Task, num_clients: int) -> list[np.ndarray]:
-        """Positions into `test_set(task)` of each client's test slice (`test_slices`)."""
+        """Positions into `test_set(task)` of each client's test slice (`client_test_slices`)."""
         parts = self.client_parts(task, num_clients)
         test_labels = self.stream.test_labels[self.stream.test_indices(task)]
         held = [self.stream.train_labels[part] for part in parts]

@@ -6,8 +6,11 @@ from multifcl.backbones import Backbone
 from multifcl.config import ExperimentConfig, check_name
 from multifcl.methods.analytic import AnalyticMethod
 from multifcl.methods.base import ClientUpdate, Method, State
+from multifcl.methods.coda_prompt import CodaPromptMethod
 from multifcl.methods.fedproto import FedProtoMethod
 from multifcl.methods.finetune import FinetuneMethod
+from multifcl.methods.l2p import L2PMethod
+from multifcl.methods.lorm import LoRMMethod
 from multifcl.methods.lwf import LwFMethod
 from multifcl.methods.multifcl import MultiFCLMethod
 from multifcl.methods.pilora import PiLoRAMethod
@@ -23,6 +26,9 @@ METHODS: dict[str, type[Method]] = {
         LwFMethod,
         FedProtoMethod,
         AnalyticMethod,
+        L2PMethod,
+        CodaPromptMethod,
+        LoRMMethod,
     )
 }
 

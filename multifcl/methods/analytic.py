@@ -52,6 +52,7 @@ class AnalyticHead(nn.Module):
 
 class AnalyticMethod(PrototypesMethod):
     name = "analytic"
+    runs_asynchronously = False  # not checked asynchronously yet (docs/asynchronous.md)
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
@@ -96,12 +97,10 @@ class AnalyticMethod(PrototypesMethod):
         """A mean Gram meets Cauchy-Schwarz (|G_ij| <= sqrt(G_ii G_jj)), and no class's mean
         can exceed what the diagonal allows: count_c x mean_cj^2 <= n x G_jj."""
         gram = unpack(torch.from_numpy(update.arrays[TASK_GRAM].astype(np.float64)))
+        problem = gram_problem(TASK_GRAM, gram)
+        if problem is not None:
+            return problem
         diagonal = gram.diagonal()
-        if (diagonal < 0).any():
-            return f"key {TASK_GRAM!r}: a negative diagonal entry (a mean of squares)"
-        bound = diagonal.sqrt()
-        if (gram.abs() > torch.outer(bound, bound) * (1 + GRAM_SLACK) + GRAM_SLACK).any():
-            return f"key {TASK_GRAM!r}: not a Gram matrix (an entry breaks Cauchy-Schwarz)"
         means = torch.from_numpy(update.arrays[CLASS_MEANS].astype(np.float64))
         counts = torch.from_numpy(update.arrays[CLASS_COUNTS].astype(np.float64))
         sums_of_squares = counts[:, None] * means**2
@@ -156,6 +155,19 @@ class AnalyticMethod(PrototypesMethod):
         """The backbone and the projection are fixed: test features hold for the stream."""
         head = self._head(state)
         return FeatureSplit(self.encoder_fingerprint, self._encode, lambda f: head(f[0]))
+
+
+def gram_problem(key: str, gram: torch.Tensor) -> str | None:
+    """Why `gram` (a mean or sum of outer products x x^T) cannot be one: a negative
+    diagonal entry, or an entry breaking Cauchy-Schwarz (|G_ij| <= sqrt(G_ii G_jj)) beyond
+    float64 rounding; None for a genuine one."""
+    diagonal = gram.diagonal()
+    if (diagonal < 0).any():
+        return f"key {key!r}: a negative diagonal entry (it holds squares)"
+    bound = diagonal.sqrt()
+    if (gram.abs() > torch.outer(bound, bound) * (1 + GRAM_SLACK) + GRAM_SLACK).any():
+        return f"key {key!r}: not a Gram matrix (an entry breaks Cauchy-Schwarz)"
+    return None
 
 
 def random_projection(feature_dim: int, width: int, seed: int) -> torch.Tensor | None:

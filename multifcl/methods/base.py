@@ -61,6 +61,8 @@ class Method(ABC):
     """A federated continual-learning method over a shared, frozen backbone."""
 
     name: ClassVar[str]
+    # whether clients may train different tasks in one round (docs/asynchronous.md)
+    runs_asynchronously: ClassVar[bool] = False
     feature_cache: FeatureCache | None = None  # the clients' training-feature cache, if any
 
     def __init__(
@@ -127,14 +129,17 @@ class Method(ABC):
         return None
 
 
+def batch_indices(count: int, batch_size: int, generator: torch.Generator | None = None):
+    """Index tensors of mini-batches over `count` samples; shuffled when a generator is given."""
+    order = (
+        torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
+    )
+    for start in range(0, count, batch_size):
+        yield order[start : start + batch_size]
+
+
 def batches(data: InMemoryImages, batch_size: int, generator: torch.Generator | None = None):
     """(uint8 images, labels) mini-batches; shuffled when a generator is given."""
-    order = (
-        torch.randperm(len(data), generator=generator)
-        if generator is not None
-        else torch.arange(len(data))
-    )
     labels = torch.as_tensor(data.labels)
-    for start in range(0, len(data), batch_size):
-        index = order[start : start + batch_size]
+    for index in batch_indices(len(data), batch_size, generator):
         yield data.images[index], labels[index]

@@ -45,6 +45,7 @@ class TrainedFeatures(nn.Module):
 
 class FedProtoMethod(FinetuneMethod):
     name = "fedproto"
+    runs_asynchronously = False  # not checked asynchronously yet (docs/asynchronous.md)
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multifcl.aggregation import weighted_average
 from multifcl.backbones import Backbone
 from multifcl.backbones.host_transfer import to_device
 from multifcl.data import InMemoryImages, Task
@@ -24,11 +23,10 @@ from multifcl.methods.base import (
     CLASS_MEAN_COSINE,
     SECONDS_PER_STEP,
     ClientUpdate,
-    Method,
     State,
-    UpdateLayout,
     batches,
 )
+from multifcl.methods.fedavg_model import FedAvgModelMethod
 from multifcl.optim.local_training import LocalTraining, LossSum
 
 
@@ -83,8 +81,9 @@ class TrainableTop(nn.Module):
         return taps + [self.top_features(hidden)]
 
 
-class FinetuneMethod(Method):
+class FinetuneMethod(FedAvgModelMethod):
     name = "finetune"
+    runs_asynchronously = True  # FedAvg of one model over every task of the round
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
@@ -93,22 +92,7 @@ class FinetuneMethod(Method):
         self.etf_objective = ETFObjective.of(config)
         self.model = TrainableTop(backbone, self.num_classes, config.seed, self.etf_map)
         self.model.eval()  # no dropout: runs are reproducible from the seed
-        self._initial_state = self._current_state()
-
-    def initial_state(self) -> State:
-        return {key: value.copy() for key, value in self._initial_state.items()}
-
-    def _current_state(self) -> State:
-        """Trained weights only (an ETF head's fixed vertices are not in its state_dict)."""
-        return {
-            key: value.detach().cpu().numpy().copy()
-            for key, value in self.model.state_dict().items()
-        }
-
-    def _load(self, state: State) -> None:
-        device = self.backbone.device
-        weights = {k: torch.from_numpy(v).to(device) for k, v in state.items()}
-        self.model.load_state_dict(weights, strict=False)
+        self._keep_initial_state()
 
     def _loss(self, pixels: torch.Tensor, labels: torch.Tensor, seen: int) -> torch.Tensor:
         return self._features_loss(self.model.features(pixels), labels, seen)
@@ -162,18 +146,6 @@ class FinetuneMethod(Method):
             ]
         )
         return mean_pairwise_class_mean_cosine(features.cpu(), torch.as_tensor(data.labels))
-
-    def update_layout(self, state: State, task: Task) -> UpdateLayout:
-        """Every trained weight, whole (FedAvg)."""
-        return UpdateLayout(dense=frozenset(self._initial_state))
-
-    def merge(self, state: State, updates: list[ClientUpdate]) -> State:
-        weights = [u.num_examples for u in updates]
-        return weighted_average([u.arrays for u in updates], weights, self.merge_rule, state)
-
-    def classifier(self, state: State) -> nn.Module:
-        self._load(state)
-        return self.model
 
     def block_features(self, state: State, pixels: torch.Tensor) -> list[torch.Tensor]:
         self._load(state)

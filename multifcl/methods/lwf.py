@@ -32,6 +32,7 @@ TEACHER_PREFIX = "teacher/"
 
 class LwFMethod(FinetuneMethod):
     name = "lwf"
+    runs_asynchronously = False  # the teacher is the previous task's global model
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)

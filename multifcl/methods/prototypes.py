@@ -25,6 +25,7 @@ from multifcl.methods.base import ClientUpdate, Method, State, UpdateLayout
 
 class PrototypesMethod(Method):
     name = "prototypes"
+    runs_asynchronously = True  # per-class rows: each class from its holders, tasks do not mix
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)

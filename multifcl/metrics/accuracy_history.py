@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from multifcl.metrics.client_accuracy import ClientStage, client_accuracy_metrics
-from multifcl.metrics.continual import summarize
+from multifcl.metrics.continual import is_triangular, summarize, summarize_stages
 
 if TYPE_CHECKING:
     from multifcl.evaluation import StageAccuracy
@@ -22,6 +22,18 @@ FORMULAS = {
     "bwt": "mean over j < T-1 of a[T-1][j] - a[j][j]",
     "val_*": "the same on the validation split (val-fraction): a[t][j] on task j's held-out "
     "training samples; for selecting settings, never the test set",
+}
+
+
+STAGE_FORMULAS = {  # an asynchronous stream (docs/asynchronous.md)
+    "a[s][j]": "accuracy (%) on global task j's test set after stage s (null: j not seen)",
+    "A_s": "mean over the tasks j seen after stage s of a[s][j]",
+    "last": "A_{S-1}",
+    "avg": "mean over s of A_s",
+    "forgetting": "mean over j seen before stage S-1 of (max over seen l < S-1 of a[l][j]) "
+    "- a[S-1][j]",
+    "forgetting_first_task": "a[f_0][0] - a[S-1][0], f_j the first stage j is seen after",
+    "bwt": "mean over j seen before stage S-1 of a[S-1][j] - a[f_j][j]",
 }
 
 
@@ -67,6 +79,8 @@ class AccuracyHistory:
     def metrics(self, num_tasks: int) -> dict:
         """What metrics.json holds: the matrices as num_tasks x num_tasks (None where not
         defined), their summaries, and the formulas (`FORMULAS`)."""
+        if not is_triangular(self.cil):  # an asynchronous stream's stages
+            return self._stage_metrics(num_tasks)
         metrics = {
             "accuracy_matrix": _square(self.cil, num_tasks),
             "til_accuracy_matrix": _square(self.til, num_tasks),
@@ -89,6 +103,26 @@ class AccuracyHistory:
             metrics["val"] = summarize(self.val_cil).as_dict()
             metrics["val_til"] = summarize(self.val_til).as_dict()
         return metrics
+
+    def _stage_metrics(self, num_tasks: int) -> dict:
+        """metrics.json of an asynchronous stream: a row per stage (docs/asynchronous.md)."""
+        cil, til = _padded(self.cil, num_tasks), _padded(self.til, num_tasks)
+        return {
+            "accuracy_matrix": cil,
+            "til_accuracy_matrix": til,
+            **summarize_stages(cil).as_dict(),
+            "til": summarize_stages(til).as_dict(),
+            "accuracy_all_seen_classes": self.cil_all_seen,
+            "tasks_finished": len(self.cil),
+            "num_tasks": num_tasks,
+            "units": "percent",
+            "formulas": STAGE_FORMULAS,
+        }
+
+
+def _padded(rows: list[list[float | None]], size: int) -> list[list[float | None]]:
+    """Each stage's row over all `size` global tasks, None where a task is not seen yet."""
+    return [[*row, *[None] * (size - len(row))] for row in rows]
 
 
 def _square(rows: list[list[float]], size: int) -> list[list[float | None]]:

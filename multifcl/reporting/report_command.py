@@ -31,6 +31,7 @@ from multifcl.data import DataError
 from multifcl.reporting import report_figures
 from multifcl.reporting.client_accuracy_figure import client_accuracy
 from multifcl.reporting.run_results import RunFolderError, RunResults
+from multifcl.reporting.schedule_figure import stream_schedule
 from multifcl.results.resume import RESULT_NEUTRAL_KEYS
 
 SUMMARY = (
@@ -80,6 +81,7 @@ def render_report(
             )
         )
     written.extend(_client_accuracy_figures(runs, out))
+    written.extend(_schedule_figures(runs, out))
     drawn: dict[str, str] = {}
     for run in runs:
         counts = partition_of(run, echo)
@@ -118,6 +120,16 @@ def _client_accuracy_figures(runs: Sequence[RunResults], out: Path) -> list[Path
             )
             path = out / f"client_accuracy-{run.name}.png"
             written.append(client_accuracy(clients, title, path))
+    return written
+
+
+def _schedule_figures(runs: Sequence[RunResults], out: Path) -> list[Path]:
+    """The schedule figure (who trains which task when) of every asynchronous run."""
+    written = []
+    for run in runs:
+        if "stream_schedule" in run.metrics:
+            title = f"{run_label(run)}: {report_figures.run_title(run.config)}"
+            written.append(stream_schedule(run.metrics, title, out / f"schedule-{run.name}.png"))
     return written
 
 

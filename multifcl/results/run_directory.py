@@ -126,16 +126,18 @@ class RunDirectory:
             csv.writer(handle).writerow(record.as_row())
         self._loggers.log_round(record)
 
-    def write_metrics(self, accuracy: AccuracyHistory, num_tasks: int) -> dict:
-        """Write metrics.json (`AccuracyHistory.metrics`) and accuracy.png for the tasks
-        evaluated so far; return the metrics."""
-        metrics = accuracy.metrics(num_tasks)
+    def write_metrics(
+        self, accuracy: AccuracyHistory, num_tasks: int, extra: dict | None = None
+    ) -> dict:
+        """Write metrics.json (`AccuracyHistory.metrics`, and `extra`) and accuracy.png for
+        the tasks (stages) evaluated so far; return the metrics."""
+        metrics = {**accuracy.metrics(num_tasks), **(extra or {})}
         replace_text_atomically(self.path / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
         self._plot(accuracy.cil, metrics["stage_accuracy"])
         self._loggers.log_task(metrics, self.path / PLOT_FILE)
         return metrics
 
-    def _plot(self, cil: list[list[float]], stages: list[float]) -> None:
+    def _plot(self, cil: list[list[float | None]], stages: list[float]) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -143,13 +145,13 @@ class RunDirectory:
 
         figure, axis = plt.subplots(figsize=(6, 4))
         steps = list(range(1, len(cil) + 1))
-        for task in range(len(cil)):
-            axis.plot(
-                steps[task:],
-                [row[task] for row in cil[task:]],
-                marker="o",
-                label=f"task {task + 1}",
-            )
+        for task in range(max(len(row) for row in cil)):  # each task from when it is seen
+            points = [
+                (step, row[task])
+                for step, row in zip(steps, cil, strict=True)
+                if task < len(row) and row[task] is not None
+            ]
+            axis.plot(*zip(*points, strict=True), marker="o", label=f"task {task + 1}")
         axis.plot(steps, stages, color="black", linewidth=2.5, marker="s", label="A_t (mean)")
         axis.set(
             xlabel="after training task", ylabel="CIL accuracy (%)", ylim=(0, 100), xticks=steps

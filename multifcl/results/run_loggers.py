@@ -84,7 +84,8 @@ def round_scalars(record: RoundRecord, rounds_per_task: int) -> Scalars:
 
 
 def task_scalars(metrics: dict) -> Scalars:
-    """A_t, TIL A_t, all-seen-class accuracy, the summary so far, and a[t][j] for j <= t."""
+    """A_t, TIL A_t, all-seen-class accuracy, the summary so far, and a[t][j] for every
+    task j seen after t (j <= t; in an asynchronous stream's stage, the seen ones)."""
     tasks = metrics["tasks_finished"]
     row = metrics["accuracy_matrix"][tasks - 1]
     values = {
@@ -92,7 +93,7 @@ def task_scalars(metrics: dict) -> Scalars:
         "task/til_A_t": metrics["til"]["stage_accuracy"][-1],
         "task/accuracy_all_seen_classes": metrics["accuracy_all_seen_classes"][-1],
         **{f"summary/{name}": metrics[name] for name in SUMMARY_SCALARS},
-        **{f"cil_per_task/task_{j + 1}": row[j] for j in range(tasks)},
+        **{f"cil_per_task/task_{j + 1}": a for j, a in enumerate(row) if a is not None},
     }
     if "val" in metrics:  # val-fraction > 0
         values["task/val_A_t"] = metrics["val"]["stage_accuracy"][-1]
