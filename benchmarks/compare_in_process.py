@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clients.client_app import train
-from multifcl.compare import PlannedRun, add_arguments, plan_comparison, run_comparison
+from multifcl.compare import PlannedRun, add_arguments, plan_from_arguments, run_comparison
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
 
@@ -27,9 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args()
-    plan = plan_comparison(
-        args.methods, args.seeds, args.out, args.overrides, args.federation, args.app.resolve()
-    )
+    plan = plan_from_arguments(args)
 
     def launch(run: PlannedRun) -> None:
         grid = InProcessGrid(train, run.config.to_run_config(), num_nodes=plan.num_clients)

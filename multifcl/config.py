@@ -64,6 +64,7 @@ class ExperimentConfig:
     alpha: int = 2
     seed: int = 0
     max_train_per_class: int | None = None
+    val_fraction: float = 0.0  # share of each class's training samples held out for validation
     output_dir: Path | None = None
     logger: str = "none"  # "tensorboard", "wandb" or "tensorboard,wandb" (run_loggers.py)
     logger_group: str = ""  # the run's group in W&B; empty: the method (compare: the row)
@@ -236,6 +237,10 @@ class ExperimentConfig:
         if self.tb_max < self.tb_min:
             raise ConfigError(
                 f"run config key 'tb-max': must be >= tb-min ({self.tb_min}), got {self.tb_max}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(
+                f"run config key 'val-fraction': must be in [0, 1), got {self.val_fraction!r}"
             )
         for key in ("min-fit-fraction", "fraction-train"):
             if not 0 < getattr(self, _attribute(key)) <= 1:

@@ -27,6 +27,7 @@ import torch
 
 from multifcl.backbones.host_transfer import to_device
 from multifcl.data import FederatedStream, InMemoryImages, Task
+from multifcl.data.federation import TEST
 from multifcl.equizero import equizero_accuracies
 from multifcl.features import FeatureCache, FeatureKey, feature_cache_for
 from multifcl.methods import Method, State
@@ -49,8 +50,9 @@ _CACHES: weakref.WeakKeyDictionary[Method, dict[str, FeatureCache]] = weakref.We
 
 
 def evaluation_cache(method: Method, role: str = "evaluation") -> FeatureCache:
-    """The test-feature cache this process keeps for `method`: the server's evaluation
-    (`evaluation`) or a client's scoring of its own test slice (`client-evaluation`)."""
+    """The held-out-feature cache this process keeps for `method`: the server's evaluation
+    of the test sets (`evaluation`) or the validation sets (`validation`), or a client's
+    scoring of its own test slice (`client-evaluation`)."""
     caches = _CACHES.setdefault(method, {})
     if role not in caches:
         caches[role] = feature_cache_for(method.config, role)
@@ -64,16 +66,20 @@ def evaluate_seen_tasks(
     data: FederatedStream,
     current: Task,
     cache: FeatureCache | None = None,
+    subset: str = TEST,
 ) -> StageAccuracy:
-    """Evaluate `state` on every task up to and including `current`.
+    """Evaluate `state` on the `subset` (test, or validation with `val-fraction`) of every
+    task up to and including `current`.
 
-    `cache` defaults to this process's evaluation cache for `method` (when `cache-features`).
+    `cache` defaults to this process's evaluation cache for `method` and `subset` (when
+    `cache-features`): validation features are cached apart from test features.
     """
     split = method.feature_split(state) if method.config.cache_features else None
     if split is not None:
-        cache = cache if cache is not None else evaluation_cache(method)
+        role = "evaluation" if subset == TEST else "validation"
+        cache = cache if cache is not None else evaluation_cache(method, role)
         cache.keep_only(lambda key: key.encoder == split.encoder)
-    with EvaluationProgress(current.index + 1, data.stream.num_tasks) as progress:
+    with EvaluationProgress(current.index + 1, data.stream.num_tasks, subset) as progress:
         return _evaluate(method, state, data, current, split, cache, progress)
 
 
@@ -91,7 +97,7 @@ def _evaluate(
     cil, til, correct_total, count_total = [], [], 0, 0
     for index in range(current.index + 1):
         task = data.stream.task(index)
-        test_set = data.test_set(task)
+        test_set = data.held_out_set(task, progress.subset)
         progress.task(index + 1, len(test_set))
         scored = scored_batches(method, state, test_set, task.index, split, cache)
         correct_cil, correct_til = _count_correct(scored, task, seen, progress)
@@ -101,7 +107,7 @@ def _evaluate(
         correct_total += correct_cil
         count_total += len(test_set)
     equizero = None
-    if method.config.eval_canonicalize == "equizero":  # transformed inputs: no cache
+    if method.config.eval_canonicalize == "equizero" and progress.subset == TEST:  # no cache
         progress.in_equizero = True
         test_sets = [data.test_set(data.stream.task(i)) for i in range(current.index + 1)]
         equizero = equizero_accuracies(
@@ -119,8 +125,10 @@ class EvaluationProgress:
     """Logs, every PROGRESS_INTERVAL_S while the block runs, which test set is being scored
     and how many of its samples are done (nothing for an evaluation shorter than that)."""
 
-    def __init__(self, after_task: int, num_tasks: int) -> None:
-        self.after = f"evaluation after task {after_task}/{num_tasks}"
+    def __init__(self, after_task: int, num_tasks: int, subset: str = TEST) -> None:
+        which = "" if subset == TEST else f"{subset} "
+        self.after = f"{which}evaluation after task {after_task}/{num_tasks}"
+        self.subset = subset  # the held-out sets scored: test or validation
         self.seen_tasks = after_task
         self.in_equizero = False  # past the plain scoring, in the transformed passes
         self.current, self.size, self.done = 0, 0, 0
@@ -152,7 +160,8 @@ class EvaluationProgress:
             where = f"equizero over the {self.seen_tasks} seen test sets"
         else:
             where = (
-                f"test set {self.current}/{self.seen_tasks}, {self.done}/{self.size} samples scored"
+                f"{self.subset} set {self.current}/{self.seen_tasks}, "
+                f"{self.done}/{self.size} samples scored"
             )
         return f"{where}, {seconds:.0f} s so far"
 

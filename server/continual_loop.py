@@ -17,6 +17,7 @@ from multifcl.client_schedule import ClientSchedule
 from multifcl.client_stream_schedule import Stage, StreamSchedule, is_asynchronous
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
+from multifcl.data.federation import VALIDATION
 from multifcl.evaluation import StageAccuracy, evaluate_seen_tasks
 from multifcl.experiment import Experiment, load_experiment
 from multifcl.methods import State
@@ -119,6 +120,11 @@ class _TaskLoop:
         self.schedule: StreamSchedule | None = None
         self.steps: list[Task | Stage] = list(experiment.data.stream)
         if uses_stages(config):
+            if config.val_fraction > 0:
+                raise ConfigError(
+                    "run config key 'val-fraction': an asynchronous stream is scored on the "
+                    f"test set only; set val-fraction=0, got {config.val_fraction}"
+                )
             self.schedule = StreamSchedule.of(config, federation.num_partitions)
             self.steps = self.schedule.stages
         self.round_log = _RoundLog(run_dir, rounds_logged, len(self.steps), config)
@@ -261,8 +267,9 @@ class _TaskLoop:
         for ended in self._ended_tasks(task):
             state = method.end_task(state, ended)
         stage = self._score(state, task)
+        validation = self._evaluate_validation(state, task)
         clients = self._evaluate_clients(checkpoint, state, task)
-        accuracy = checkpoint.accuracy.appended(stage, clients)
+        accuracy = checkpoint.accuracy.appended(stage, clients, validation)
         metrics = run_dir.write_metrics(accuracy, self.num_tasks, self.schedule_record)
         if self.config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
@@ -288,6 +295,17 @@ class _TaskLoop:
         if clients is not None:
             log(INFO, "task %d/%d: %s", task.index + 1, self.num_tasks, _spread_line(metrics))
         return checkpoint, metrics
+
+    def _evaluate_validation(self, state: State, task: Task) -> StageAccuracy | None:
+        """val-fraction > 0: the held-out training samples of every seen task, scored as the
+        test sets are (A_t logged); None otherwise."""
+        if self.config.val_fraction == 0:
+            return None
+        method, data = self.experiment.method, self.experiment.data
+        validation = evaluate_seen_tasks(method, state, data, task, subset=VALIDATION)
+        stage_accuracy = sum(validation.cil) / len(validation.cil)  # A_t, as metrics.json's
+        log(INFO, "task %d/%d: validation A_t %.2f", task.index + 1, self.num_tasks, stage_accuracy)
+        return validation
 
     def _ended_tasks(self, step: Task | Stage) -> list[Task]:
         """The tasks that end with this step: the task itself, or in a stage the tasks

@@ -46,6 +46,7 @@ RUN = {  # tests/conftest.py TINY with 3 rounds per task, fine-tuning (SGD with 
     "method": "finetune",
     "fraction-train": 0.67,
     "eval-local": True,  # the clients' per-client matrices must resume exactly too
+    "val-fraction": 0.1,  # and the validation split's matrices
 }
 NODES = 3
 TIMING_COLUMNS = ("seconds", "seconds_per_step", "client_seconds", "client_peak_rss_mb")
@@ -92,6 +93,7 @@ def assert_same_results(folder: Path, reference: Path) -> None:
     task2 = [set(map(int, row["sampled_clients"].split(";"))) for row in trained[-3:]]
     scored = {c for c, v in enumerate(clients["local"]["accuracy_all_seen"][-1]) if v is not None}
     assert scored == set().union(*task2)  # every client trained in task 2 has its own model
+    assert metrics["val_accuracy_matrix"][1][1] is not None  # val-fraction's rows resumed
     assert metrics == expected
     state, expected_state = latest_checkpoint(folder).state, latest_checkpoint(reference).state
     assert sorted(state) == sorted(expected_state)
@@ -231,7 +233,11 @@ def make_checkpoint(step: int) -> Checkpoint:
         rounds_done=step % 3,
         state=state,
         accuracy=AccuracyHistory(
-            [[97.5], [88.25, 0.1 + 0.2]], [[100.0], [99.0, 98.0]], [97.5, 90.0]
+            [[97.5], [88.25, 0.1 + 0.2]],
+            [[100.0], [99.0, 98.0]],
+            [97.5, 90.0],
+            val_cil=[[95.0], [80.0, 1 / 3]],
+            val_til=[[100.0], [90.0, 2 / 3]],
         ),
         rounds_logged=step + 4,
         rng=RngStates.capture(),
@@ -326,11 +332,11 @@ def _worker(run_config: dict, kill: dict | None) -> None:
     evaluations = []
     evaluate = loop.evaluate_seen_tasks
 
-    def evaluate_or_die(*args):
+    def evaluate_or_die(*args, **kwargs):
         evaluations.append(1)
         if kill.get("evaluate") == len(evaluations):
             die()
-        return evaluate(*args)
+        return evaluate(*args, **kwargs)
 
     loop.evaluate_seen_tasks = evaluate_or_die
     config = ExperimentConfig.from_run_config(run_config)

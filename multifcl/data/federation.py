@@ -16,6 +16,7 @@ from multifcl.data.splits import DatasetSplits
 from multifcl.data.task_stream import Task, TaskStream
 
 READ_CHECK_CHUNK = 2048
+TEST, VALIDATION = "test", "validation"  # the held-out sets the server scores
 
 
 class FederatedStream:
@@ -31,6 +32,7 @@ class FederatedStream:
         self.client_parts = lru_cache(maxsize=None)(self._client_parts)  # one per task
         self.client_train_set = lru_cache(maxsize=8)(self._client_train_set)
         self.test_set = lru_cache(maxsize=None)(self._test_set)
+        self.validation_set = lru_cache(maxsize=None)(self._validation_set)
 
     @cached_property
     def fingerprint(self) -> DataFingerprint:
@@ -84,16 +86,30 @@ class FederatedStream:
     def check_readable(self) -> None:
         """Decode every image the run will use once, so a bad file fails before training.
 
-        Test sets stay cached for evaluation; decoded train images are dropped.
+        Test and validation sets stay cached for evaluation; decoded train images are dropped.
         """
         for task in self.stream:
             self.test_set(task)
+            if len(self.stream.validation_indices(task)):  # val-fraction > 0
+                self.validation_set(task)
         pool = np.concatenate([self.stream.train_indices(task) for task in self.stream])
         for start in range(0, len(pool), READ_CHECK_CHUNK):  # chunks bound the memory used
             self.splits.train.take(pool[start : start + READ_CHECK_CHUNK])
 
     def _client_train_set(self, task: Task, client: int, num_clients: int) -> InMemoryImages:
         indices = self.client_indices(task, client, num_clients)
+        return _with_stream_labels(
+            self.splits.train.take(indices), self.stream.train_labels[indices]
+        )
+
+    def held_out_set(self, task: Task, subset: str) -> InMemoryImages:
+        """The task's `test` set or its `validation` set (`val-fraction`)."""
+        if subset == VALIDATION:
+            return self.validation_set(task)
+        return self.test_set(task)
+
+    def _validation_set(self, task: Task) -> InMemoryImages:
+        indices = self.stream.validation_indices(task)
         return _with_stream_labels(
             self.splits.train.take(indices), self.stream.train_labels[indices]
         )

@@ -12,6 +12,7 @@ import numpy as np
 
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data.splits import DatasetSplits
+from multifcl.data.validation_split import hold_out
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class TaskStream:
         self.class_names = [splits.class_names[c] for c in self.class_order]
         self.train_labels = self._stream_label[splits.train.labels]
         self.test_labels = self._stream_label[splits.test.labels]
-        self._train_pool = _cap_per_class(
-            self.train_labels, config.max_train_per_class, config.seed
+        capped = _cap_per_class(self.train_labels, config.max_train_per_class, config.seed)
+        self._train_pool, self._validation_pool = hold_out(
+            capped, self.train_labels, config.val_fraction, config.seed, self.classes_per_task
         )
 
     @property
@@ -64,8 +66,15 @@ class TaskStream:
         return (self.task(index) for index in range(self.num_tasks))
 
     def train_indices(self, task: Task) -> np.ndarray:
-        """Indices into the train split of the task's samples (after the per-class cap)."""
+        """Indices into the train split of the task's training samples (after the per-class
+        cap, without the validation split)."""
         return self._train_pool[_in_classes(self.train_labels[self._train_pool], task.classes)]
+
+    def validation_indices(self, task: Task) -> np.ndarray:
+        """Indices into the train split of the task's held-out samples (`val-fraction`;
+        empty when it is 0)."""
+        pool = self._validation_pool
+        return pool[_in_classes(self.train_labels[pool], task.classes)]
 
     def test_indices(self, task: Task) -> np.ndarray:
         """Indices into the test split of the task's samples."""

@@ -20,6 +20,8 @@ FORMULAS = {
     "forgetting": "mean over j < T-1 of (max over l in [j, T-2] of a[l][j]) - a[T-1][j]",
     "forgetting_first_task": "a[0][0] - a[T-1][0] (the MultiFCL paper's F)",
     "bwt": "mean over j < T-1 of a[T-1][j] - a[j][j]",
+    "val_*": "the same on the validation split (val-fraction): a[t][j] on task j's held-out "
+    "training samples; for selecting settings, never the test set",
 }
 
 
@@ -39,21 +41,30 @@ STAGE_FORMULAS = {  # an asynchronous stream (docs/asynchronous.md)
 class AccuracyHistory:
     """Accuracies (percent) after each evaluated task: class-incremental (`cil`) and
     task-incremental (`til`) matrix rows, CIL over all seen classes, and the equizero CIL
-    rows (eval-canonicalize = "equizero"; a run resumed from before it has fewer), and the
-    clients' scores of their own test slices (eval-local)."""
+    rows (eval-canonicalize = "equizero"; a run resumed from before it has fewer), the
+    clients' scores of their own test slices (eval-local), and the CIL and TIL rows on the
+    validation split (val-fraction > 0)."""
 
     cil: list[list[float]] = field(default_factory=list)
     til: list[list[float]] = field(default_factory=list)
     cil_all_seen: list[float] = field(default_factory=list)
     cil_equizero: list[list[float]] = field(default_factory=list)
     clients: list[ClientStage] = field(default_factory=list)
+    val_cil: list[list[float]] = field(default_factory=list)  # with val-fraction > 0
+    val_til: list[list[float]] = field(default_factory=list)
 
     @property
     def tasks_evaluated(self) -> int:
         return len(self.cil)
 
-    def appended(self, stage: StageAccuracy, clients: ClientStage | None = None) -> AccuracyHistory:
-        """A new history: this one with the rows of one more evaluated task."""
+    def appended(
+        self,
+        stage: StageAccuracy,
+        clients: ClientStage | None = None,
+        validation: StageAccuracy | None = None,
+    ) -> AccuracyHistory:
+        """A new history: this one with the rows of one more evaluated task (`validation`:
+        the scores of the validation split, with val-fraction > 0)."""
         equizero = [] if stage.cil_equizero is None else [stage.cil_equizero]
         return AccuracyHistory(
             [*self.cil, stage.cil],
@@ -61,6 +72,8 @@ class AccuracyHistory:
             [*self.cil_all_seen, stage.cil_all_seen],
             [*self.cil_equizero, *equizero],
             [*self.clients, *([] if clients is None else [clients])],
+            [*self.val_cil, *([] if validation is None else [validation.cil])],
+            [*self.val_til, *([] if validation is None else [validation.til])],
         )
 
     def metrics(self, num_tasks: int) -> dict:
@@ -84,6 +97,11 @@ class AccuracyHistory:
             metrics["equizero"] = summarize(self.cil_equizero).as_dict()
         if self.clients:
             metrics["client_accuracy"] = client_accuracy_metrics(self.clients, num_tasks)
+        if self.val_cil:
+            metrics["val_accuracy_matrix"] = _square(self.val_cil, num_tasks)
+            metrics["val_til_accuracy_matrix"] = _square(self.val_til, num_tasks)
+            metrics["val"] = summarize(self.val_cil).as_dict()
+            metrics["val_til"] = summarize(self.val_til).as_dict()
         return metrics
 
     def _stage_metrics(self, num_tasks: int) -> dict:

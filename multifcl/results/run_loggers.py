@@ -95,6 +95,8 @@ def task_scalars(metrics: dict) -> Scalars:
         **{f"summary/{name}": metrics[name] for name in SUMMARY_SCALARS},
         **{f"cil_per_task/task_{j + 1}": a for j, a in enumerate(row) if a is not None},
     }
+    if "val" in metrics:  # val-fraction > 0
+        values["task/val_A_t"] = metrics["val"]["stage_accuracy"][-1]
     return Scalars(TASK_AXIS, tasks, {k: float(v) for k, v in values.items()})
 
 
