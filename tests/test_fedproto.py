@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from multifcl.experiment import load_experiment
 from multifcl.methods.base import ClientUpdate
 from multifcl.methods.fedproto import CLASS_COUNTS, PROTOTYPES
-from tests.conftest import run_in_process
+from tests.conftest import run_in_process, sent_states
 
 
 def test_loss_pulls_features_to_the_global_prototypes_of_classes_that_have_one(tiny_config):
@@ -83,8 +83,6 @@ def test_fedproto_runs_in_process_and_sends_the_merged_prototypes(tiny_config):
     assert [sum(a is not None for a in row) for row in metrics["accuracy_matrix"]] == [1, 2]
     first = min(grid.contexts)
     counts = [
-        m.content["arrays"][CLASS_COUNTS].numpy()
-        for m in grid.sent
-        if m.metadata.dst_node_id == first
+        state[CLASS_COUNTS] for m, state in sent_states(grid) if m.metadata.dst_node_id == first
     ]
     assert [int((c > 0).sum()) for c in counts] == [0, 5, 5, 10]  # round 2 pulls towards round 1

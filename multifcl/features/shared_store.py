@@ -37,6 +37,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -75,16 +76,15 @@ class SharedFeatureStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._lock = _hold_shared_lock(folder)
+        lock = _hold_shared_lock(folder)
+        # released when the store is collected, or at exit (a finalizer, unlike __del__,
+        # still has `os` while the interpreter shuts down)
+        self._release = weakref.finalize(self, os.close, lock) if lock is not None else None
         self._write_failed = False
 
     def close(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
-
-    def __del__(self) -> None:
-        self.close()
+        if self._release is not None:
+            self._release()
 
     def get(self, key: FeatureKey) -> Features | None:
         """The entry's features, or None when it is absent or does not check out."""

@@ -57,15 +57,18 @@ def _dataset_name(config: Mapping) -> str:
 
 def method_colour(method: str) -> str:
     """The method's colour in every figure: C0, C1, ... in the order of `METHODS`; a name that
-    is not a method (a label without one) by a hash of the name, so it never depends on what
-    else is drawn."""
+    is not a method (a label without one) one of tab20b's colours (none is a method's) by a
+    hash of the name, so it never depends on what else is drawn."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
     from multifcl.methods import METHODS
 
     names = list(METHODS)
     if method in names:
         return f"C{names.index(method) % COLOURS}"
-    spare = max(COLOURS - len(names), 1)  # the colours no method has
-    return f"C{(len(names) + zlib.crc32(method.encode()) % spare) % COLOURS}"
+    spare = colormaps["tab20b"].colors
+    return to_hex(spare[zlib.crc32(method.encode()) % len(spare)])
 
 
 def series_styles(labels: Sequence[str], methods: Mapping[str, str] | None) -> dict:
