@@ -94,6 +94,19 @@ def test_per_client_matrices_have_their_shape_and_average_to_the_server_s_accura
     assert len([m for m in grid.evaluated if m.metadata.dst_node_id]) == 3 * 2
 
 
+def test_clients_that_join_later_are_scored_once_they_hold_classes(tiny_config):
+    """clients-per-task: a client not yet in the federation holds nothing (null), and is
+    scored on its own slice from its first task on; no client's evaluation fails."""
+    config = tiny_config(eval_local=True, clients_per_task="1,3")
+    metrics, _ = run_in_process(config, 3)
+    global_model = metrics["client_accuracy"]["global"]
+    assert global_model["clients_scored"] == [1, 3]
+    assert [v is None for v in global_model["accuracy_all_seen"][0]] == [False, True, True]
+    np.testing.assert_allclose(
+        global_model["sample_weighted_mean"], metrics["accuracy_all_seen_classes"], atol=1e-9
+    )
+
+
 def test_only_the_clients_sampled_in_a_task_have_a_local_model_of_it(sampled_run):
     config, metrics, _ = sampled_run
     rows = list(csv.DictReader((config.output_dir / "rounds.csv").open()))

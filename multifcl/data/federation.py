@@ -70,6 +70,8 @@ class FederatedStream:
         parts = self.client_parts(task, num_clients)
         test_labels = self.stream.test_labels[self.stream.test_indices(task)]
         held = [self.stream.train_labels[part] for part in parts]
+        not_joined = np.empty(0, dtype=self.stream.train_labels.dtype)  # holds nothing yet
+        held += [not_joined] * (num_clients - len(parts))
         return split_test_set(held, test_labels, self.seed, task.index)
 
     def client_test_set(self, task: Task, client: int, num_clients: int) -> InMemoryImages:
