@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from clients.client_app import train
 from multifcl.client_stream_schedule import IDLE, StreamSchedule
@@ -18,6 +19,8 @@ from multifcl.data import Task
 from multifcl.metrics.continual import summarize, summarize_stages
 from multifcl.reporting.report_command import render_report
 from multifcl.reporting.run_results import RunResults
+from multifcl.results.folder_layout import is_finished
+from multifcl.results.summary_table import print_summary
 from multifcl.update_validation import RejectedUpdate, check_trained_claim
 from strategies.continual import RoundFailed
 from tests.conftest import TINY, run_in_process
@@ -147,6 +150,11 @@ def test_per_client_order_with_delays_runs_stage_by_stage(asynchronous_run, tmp_
         assert sent[client] == [t for t in row if t != IDLE]
     figures = render_report([RunResults.load(config.output_dir)], tmp_path / "report", print)
     assert tmp_path / "report" / "schedule-run.png" in figures
+    assert is_finished(config.output_dir)  # every stage done: compare reuses it, not reruns it
+    console = Console(width=200, record=True)
+    print_summary(metrics, "run", console)
+    header = next(line for line in console.export_text().splitlines() if "after stage" in line)
+    assert header.count("task ") == 2  # a column per global task, not per stage
 
 
 def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):

@@ -64,7 +64,11 @@ def read_rounds(folder: Path) -> list[dict[str, str]]:
 def is_finished(folder: Path) -> bool:
     """True when the folder's metrics.json is readable and records every task as finished."""
     try:
-        metrics = read_json(folder, METRICS_FILE)
-        return metrics["tasks_finished"] == metrics["num_tasks"]
+        return every_step_finished(read_json(folder, METRICS_FILE))
     except (RunFolderError, KeyError, TypeError):
         return False
+
+
+def every_step_finished(metrics: dict) -> bool:
+    """True when metrics.json records every task (an asynchronous stream: every stage)."""
+    return metrics["tasks_finished"] == metrics.get("num_stages", metrics["num_tasks"])

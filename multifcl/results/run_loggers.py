@@ -20,7 +20,7 @@ from typing import Protocol
 
 from multifcl.config import ConfigError, ExperimentConfig, logger_names
 from multifcl.metrics import RoundRecord
-from multifcl.results.folder_layout import TENSORBOARD_FOLDER
+from multifcl.results.folder_layout import TENSORBOARD_FOLDER, every_step_finished
 
 INSTALL_HINTS = {  # logger -> the package it imports and the extra that installs it
     "tensorboard": ("tensorboard", 'pip install -e ".[tensorboard]"'),
@@ -132,7 +132,7 @@ class RunLoggers:
     def log_task(self, metrics: dict, plot: Path) -> None:
         """The task's scalars; after the last task also the final metrics and plot."""
         self._write(task_scalars(metrics))
-        if metrics["tasks_finished"] == metrics["num_tasks"]:
+        if every_step_finished(metrics):
             for sink in self.sinks:
                 sink.finish(metrics, plot)
 

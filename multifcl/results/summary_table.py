@@ -12,8 +12,9 @@ def print_summary(metrics: dict, title: str, console: Console | None = None) -> 
     console = console or Console(width=120)
     matrix = metrics["accuracy_matrix"]
     table = Table(title=escape(f"{title}: CIL accuracy a[t][j] (%)"))
-    table.add_column("after task", justify="right")
-    for j in range(len(matrix)):
+    stages = "num_stages" in metrics  # an asynchronous stream: a row per stage
+    table.add_column("after stage" if stages else "after task", justify="right")
+    for j in range(metrics["num_tasks"]):
         table.add_column(f"task {j + 1}", justify="right")
     table.add_column("A_t", justify="right", style="bold")
     for t, row in enumerate(matrix):
