@@ -157,6 +157,14 @@ def test_per_client_order_with_delays_runs_stage_by_stage(asynchronous_run, tmp_
     assert header.count("task ") == 2  # a column per global task, not per stage
 
 
+def test_prototypes_warn_that_a_class_row_covers_only_its_latest_senders(tmp_path, caplog):
+    config = _config(**ASYNC, output_dir=tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        run_in_process(config, num_nodes=NODES)
+    warned = [r.getMessage() for r in caplog.records if "asynchronous:" in r.getMessage()]
+    assert len(warned) == 1 and "not of all its holders" in warned[0]
+
+
 def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):
     reference, _, _ = asynchronous_run
     config = _config(**ASYNC, output_dir=tmp_path / "run")

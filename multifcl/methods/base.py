@@ -63,6 +63,8 @@ class Method(ABC):
     name: ClassVar[str]
     # whether clients may train different tasks in one round (docs/asynchronous.md)
     runs_asynchronously: ClassVar[bool] = False
+    # what an asynchronous stream does to the method's numbers, logged as a warning at start
+    asynchronous_caveat: ClassVar[str] = ""
     feature_cache: FeatureCache | None = None  # the clients' training-feature cache, if any
 
     def __init__(

@@ -26,6 +26,11 @@ from multifcl.methods.base import ClientUpdate, Method, State, UpdateLayout
 class PrototypesMethod(Method):
     name = "prototypes"
     runs_asynchronously = True  # per-class rows: each class from its holders, tasks do not mix
+    asynchronous_caveat = (
+        "a class's prototype is the mean of the clients that send it in the latest round that "
+        "trains its task, not of all its holders (their rounds differ); the final class-counts "
+        "in the checkpoint say how many samples each prototype covers (docs/asynchronous.md)"
+    )
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
