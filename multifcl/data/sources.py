@@ -27,8 +27,8 @@ from multifcl.data.images import (
 )
 from multifcl.data.split_file import select_split
 from multifcl.data.splits import DatasetSplits
+from multifcl.data.task_stream import check_divides
 from multifcl.data.tiny_imagenet import TINY_IMAGENET, load_tiny_imagenet_splits
-from multifcl.errors import ConfigError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_TEST_FRACTION = 0.25
@@ -185,11 +185,8 @@ CLASS_COUNTS = {  # the data sets whose class count is fixed, known before any f
 def check_task_count(config: ExperimentConfig) -> None:
     """Refuse a `num-tasks` that cannot split a fixed-size data set's classes, at once."""
     classes = CLASS_COUNTS.get(config.dataset)
-    if classes is not None and classes % config.num_tasks != 0:
-        raise ConfigError(
-            f"run config key 'num-tasks': {config.num_tasks} does not divide the "
-            f"{classes} classes of dataset {config.dataset!r}"
-        )
+    if classes is not None:
+        check_divides(classes, config)
 
 
 SOURCES: dict[str, Source] = {

@@ -24,16 +24,21 @@ class Task:
     seen_classes: range
 
 
+def check_divides(num_classes: int, config: ExperimentConfig) -> None:
+    """A one-line ConfigError when `num-tasks` cannot split `num_classes` into equal tasks."""
+    if num_classes % config.num_tasks != 0:
+        raise ConfigError(
+            f"run config key 'num-tasks': {config.num_tasks} does not divide the "
+            f"{num_classes} classes of dataset {config.dataset!r}"
+        )
+
+
 class TaskStream:
     """Splits a data set's classes into `num-tasks` equal tasks in a seeded order."""
 
     def __init__(self, splits: DatasetSplits, config: ExperimentConfig) -> None:
         num_classes = splits.num_classes
-        if num_classes % config.num_tasks != 0:
-            raise ConfigError(
-                f"run config key 'num-tasks': {config.num_tasks} does not divide the "
-                f"{num_classes} classes of dataset {config.dataset!r}"
-            )
+        check_divides(num_classes, config)
         self.num_tasks = config.num_tasks
         self.classes_per_task = num_classes // config.num_tasks
         if config.partition == "quality" and config.alpha > self.classes_per_task:
