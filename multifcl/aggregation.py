@@ -133,6 +133,55 @@ def merge_class_rows(
     return merged_rows, merged_counts
 
 
+def fold_in_new_holders(
+    rows: np.ndarray,
+    counts: np.ndarray,
+    holders: np.ndarray,
+    senders: Sequence[int],
+    client_classes: Sequence[np.ndarray],
+    client_rows: Sequence[np.ndarray],
+    client_counts: Sequence[np.ndarray],
+    rule: MergeRule = NO_RULE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class rows that keep every holder's contribution across rounds, for rows a client
+    computes the same way whenever it sends them (class means of a frozen encoder).
+
+    `holders[c, p]` is 1 once client `p` (a partition id, `senders[i]` for the i-th update)
+    has been folded into class c's row; a row it sends again is skipped. The rows of a
+    class's new holders are combined by `merge_class_rows` (and `rule`) and then folded into
+    its count-weighted running mean. Returns (rows, counts, holders); `holders` gains
+    columns when a sender's id is past its width. With every holder sending in one round
+    this is `merge_class_rows`, bit for bit; under asynchronous streams and client sampling
+    a class's row covers all the holders that have sent it, not only the latest round's.
+    """
+    width = max([holders.shape[1], *(p + 1 for p in senders)])
+    holders = np.pad(holders, ((0, 0), (0, width - holders.shape[1])))
+    fresh_classes, fresh_rows, fresh_counts = [], [], []
+    for sender, classes, values, weights in zip(
+        senders, client_classes, client_rows, client_counts
+    ):
+        new = holders[classes, sender] == 0
+        fresh_classes.append(classes[new])
+        fresh_rows.append(values[new])
+        fresh_counts.append(weights[new])
+    new_rows, new_counts = merge_class_rows(
+        np.zeros_like(rows), np.zeros_like(counts), fresh_classes, fresh_rows, fresh_counts, rule
+    )
+    reported = new_counts > 0
+    old_counts = counts[reported].astype(np.float64)[:, None]
+    added = new_counts[reported].astype(np.float64)[:, None]
+    total = old_counts + added
+    old_sums = rows[reported].astype(np.float64) * old_counts
+    merged_rows, merged_counts = rows.copy(), counts.copy()
+    merged_rows[reported] = (
+        (old_sums + new_rows[reported].astype(np.float64) * added) / total
+    ).astype(rows.dtype)
+    merged_counts[reported] = total[:, 0]
+    for sender, classes, weights in zip(senders, fresh_classes, fresh_counts):
+        holders[classes[weights > 0], sender] = 1
+    return merged_rows, merged_counts, holders
+
+
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     weights = np.asarray(weights, np.float64)
     return (values * _per_client(weights, values)).sum(axis=0) / weights.sum()

@@ -127,13 +127,6 @@ class _TaskLoop:
                 )
             self.schedule = StreamSchedule.of(config, federation.num_partitions)
             self.steps = self.schedule.stages
-            if experiment.method.asynchronous_caveat:
-                log(
-                    WARNING,
-                    "%s, asynchronous: %s",
-                    config.method,
-                    experiment.method.asynchronous_caveat,
-                )
         self.round_log = _RoundLog(run_dir, rounds_logged, len(self.steps), config)
         self.progress = RunProgress(len(self.steps), config.rounds_per_task)
         self.rounds = RoundRunner(
@@ -145,6 +138,7 @@ class _TaskLoop:
             num_clients=len(federation.partitions),
             on_round=self.round_log.append,
             sampler=self.sampler,
+            partitions=federation.partitions,
         )
         self.client_evaluation = None
         if config.eval_local:

@@ -7,7 +7,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -141,6 +141,9 @@ class RoundRunner:
         attempt of a round, merged or not, as soon as it is judged.
     delta_broadcast : bool
         Send each node only the chunks it lacks (True) or the whole state every round.
+    partitions : mapping, optional
+        Node id -> partition id (the handshake's): each usable update's `sender`, which
+        per-holder merges use. None: updates carry no sender.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class RoundRunner:
         on_round: Callable[[RoundRecord], None] | None = None,
         sampler: ClientSampler | None = None,
         delta_broadcast: bool = True,
+        partitions: Mapping[int, int] | None = None,
     ) -> None:
         self.method = method
         self.stream = stream
@@ -164,6 +168,7 @@ class RoundRunner:
         self.on_round = on_round
         self.sampler = sampler
         self.ledger = BroadcastLedger(delta_broadcast)
+        self.partitions = dict(partitions or {})
 
     def train_round(
         self,
@@ -314,6 +319,7 @@ class RoundRunner:
             except RejectedUpdate as rejection:
                 sorted_out.failed[node] = f"rejected: {rejection}"
             else:
+                update.sender = self.partitions.get(node)
                 sorted_out.updates[node] = update
         self._drop_outliers(attempt, sorted_out)
         for node in attempt.nodes:
@@ -360,8 +366,12 @@ class RoundRunner:
         )
 
     def _client_states(self, state: State, sorted_out: _Replies) -> dict[int, State]:
-        """Each client's own model: its update alone merged into the round's state."""
-        return {node: self.method.merge(state, [u]) for node, u in sorted_out.updates.items()}
+        """Each client's own model: its update alone merged into the round's state, as an
+        update without a sender (its data as if it were the only client's)."""
+        return {
+            node: self.method.merge(state, [replace(u, sender=None)])
+            for node, u in sorted_out.updates.items()
+        }
 
 
 def destinations(messages: Iterable[Message]) -> dict[str, int]:

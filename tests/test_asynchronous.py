@@ -16,9 +16,11 @@ from multifcl.client_stream_schedule import IDLE, StreamSchedule
 from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.config_names import check_names
 from multifcl.data import Task
+from multifcl.experiment import load_experiment
 from multifcl.metrics.continual import summarize, summarize_stages
 from multifcl.reporting.report_command import render_report
 from multifcl.reporting.run_results import RunResults
+from multifcl.results.checkpoints import latest_checkpoint
 from multifcl.results.folder_layout import is_finished
 from multifcl.results.summary_table import print_summary
 from multifcl.update_validation import RejectedUpdate, check_trained_claim
@@ -157,12 +159,23 @@ def test_per_client_order_with_delays_runs_stage_by_stage(asynchronous_run, tmp_
     assert header.count("task ") == 2  # a column per global task, not per stage
 
 
-def test_prototypes_warn_that_a_class_row_covers_only_its_latest_senders(tmp_path, caplog):
-    config = _config(**ASYNC, output_dir=tmp_path / "run")
-    with caplog.at_level("WARNING"):
-        run_in_process(config, num_nodes=NODES)
-    warned = [r.getMessage() for r in caplog.records if "asynchronous:" in r.getMessage()]
-    assert len(warned) == 1 and "not of all its holders" in warned[0]
+def test_asynchronous_prototypes_end_with_the_synchronous_class_means(asynchronous_run, tmp_path):
+    """Class means of a frozen encoder do not depend on when a client sends them: every
+    holder's contribution is kept across rounds, so the per-client, delayed run ends with
+    the synchronous run's prototypes over all of each class's samples (each class's holders
+    train it in different rounds here)."""
+    config, _, _ = asynchronous_run
+    synchronous = _config(output_dir=tmp_path / "sync")
+    run_in_process(synchronous, num_nodes=NODES)
+    final = latest_checkpoint(config.output_dir).state
+    expected = latest_checkpoint(synchronous.output_dir).state
+    schedule = StreamSchedule.of(config, NODES)
+    first_rounds = {row.index(t) for row in schedule.client_tasks() for t in range(2)}
+    assert len(first_rounds) > 2  # the clients start a task in different rounds
+    np.testing.assert_array_equal(final["class-counts"], expected["class-counts"])
+    assert final["class-counts"].sum() == len(load_experiment(config).data.stream.train_labels)
+    np.testing.assert_allclose(final["prototypes"], expected["prototypes"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(final["class-holders"], expected["class-holders"])
 
 
 def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):

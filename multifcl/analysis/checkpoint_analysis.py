@@ -102,7 +102,7 @@ def analyze_checkpoints(
     prototype_source = METHOD_PROTOTYPES
     probe: list[np.ndarray] = []
     for index, path in enumerate(run.task_checkpoints):
-        state = load_state(path, expected)
+        state = load_state(path, expected, method.growing_state_keys)
         task = stream.task(index)
         shown = subsets[: index + 1]  # the tasks seen so far
         blocks = [block_representations(method, state, s, batch_size) for s in shown]
@@ -121,7 +121,9 @@ def analyze_checkpoints(
         )
         collapse.append(_collapse(final_etf_head(method, state), final, labels, index + 1))
     client_cka = {
-        snapshot.stem: _client_drift(experiment, load_state(snapshot, expected), probe, subsets[0])
+        snapshot.stem: _client_drift(
+            experiment, load_state(snapshot, expected, method.growing_state_keys), probe, subsets[0]
+        )
         for snapshot in run.client_snapshots
     }
     has_etf = collapse[-1].vertex_angle is not None

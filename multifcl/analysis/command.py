@@ -98,7 +98,9 @@ def analyze_run(
     report = AnalysisReport(finished, found, draws, seed)
     if robustness:
         method = experiment.method
-        final = load_state(finished.task_checkpoints[-1], method.initial_state())
+        final = load_state(
+            finished.task_checkpoints[-1], method.initial_state(), method.growing_state_keys
+        )
         test_sets = evaluation_subsets(experiment, probe_size, seed)[: finished.num_tasks]
         seen = experiment.data.stream.task(finished.num_tasks - 1).seen_classes.stop
         report.robustness = robustness_table(method, final, test_sets, seen, group)

@@ -59,8 +59,9 @@ class FinishedRun:
         return len(self.task_checkpoints)
 
 
-def load_state(path: Path, expected: State) -> State:
-    """The state stored in `path`, checked against the keys and shapes of `expected`."""
+def load_state(path: Path, expected: State, growing: frozenset[str] = frozenset()) -> State:
+    """The state stored in `path`, checked against the keys and shapes of `expected` (the
+    keys in `growing`, the method's `growing_state_keys`, against their keys only)."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             state = {name: archive[name] for name in archive.files}
@@ -74,6 +75,8 @@ def load_state(path: Path, expected: State) -> State:
             f"{' ...' if len(missing) > 3 else ''}: it was written by another method or config"
         )
     for key, value in expected.items():
+        if key in growing:
+            continue
         if state[key].size != value.size:
             raise AnalysisError(
                 f"checkpoint {str(path)!r}: {key!r} has shape {state[key].shape}, the run's "

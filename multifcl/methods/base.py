@@ -32,12 +32,14 @@ PROTOTYPE_MOVEMENT = "prototype-movement"  # trained prototypes: |optimizer's st
 class ClientUpdate:
     """What one client sends back after a round: arrays, sample count, mean training loss,
     and training diagnostics (`SECONDS_PER_STEP`, `CLASS_MEAN_COSINE`,
-    `PROTOTYPE_MOVEMENT`)."""
+    `PROTOTYPE_MOVEMENT`). The server sets `sender`, the client's partition id, before it
+    merges; None where no server did (a client's own model, direct calls)."""
 
     arrays: State
     num_examples: int
     train_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    sender: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ class Method(ABC):
     name: ClassVar[str]
     # whether clients may train different tasks in one round (docs/asynchronous.md)
     runs_asynchronously: ClassVar[bool] = False
-    # what an asynchronous stream does to the method's numbers, logged as a warning at start
-    asynchronous_caveat: ClassVar[str] = ""
+    # state keys the server's merge keeps for itself, whose shape may grow between rounds
+    growing_state_keys: ClassVar[frozenset[str]] = frozenset()
     feature_cache: FeatureCache | None = None  # the clients' training-feature cache, if any
 
     def __init__(

@@ -1,8 +1,11 @@
 """Frozen backbone + class-mean prototypes + cosine classifier (the paper's ViT/CLIP rows).
 
 Each client uploads the mean feature and the sample count of every class it holds; the
-server merges each class's row weighted by the clients' counts, which gives the exact
-global class mean.
+server folds each class's row from every client that holds it into a count-weighted mean,
+which gives the exact global class mean. A client's class means do not change between its
+rounds (the encoder is frozen), so `class-holders` records who has been folded in: a row
+sent again is not counted twice, and a holder sampled, or training the task, in an earlier
+round than the others still counts (client sampling, asynchronous streams).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multifcl.aggregation import merge_class_rows
+from multifcl.aggregation import fold_in_new_holders, merge_class_rows
 from multifcl.data import InMemoryImages, Task
 from multifcl.features import (
     FeatureKey,
@@ -22,15 +25,13 @@ from multifcl.features import (
 from multifcl.heads import CosinePrototypeHead
 from multifcl.methods.base import ClientUpdate, Method, State, UpdateLayout
 
+HOLDERS = "class-holders"
+
 
 class PrototypesMethod(Method):
     name = "prototypes"
     runs_asynchronously = True  # per-class rows: each class from its holders, tasks do not mix
-    asynchronous_caveat = (
-        "a class's prototype is the mean of the clients that send it in the latest round that "
-        "trains its task, not of all its holders (their rounds differ); the final class-counts "
-        "in the checkpoint say how many samples each prototype covers (docs/asynchronous.md)"
-    )
+    growing_state_keys = frozenset({HOLDERS})  # one column per partition id seen
 
     def __init__(self, config, backbone, class_names) -> None:
         super().__init__(config, backbone, class_names)
@@ -42,6 +43,8 @@ class PrototypesMethod(Method):
         return {
             "prototypes": np.zeros((self.num_classes, self.backbone.feature_dim), np.float32),
             "class-counts": np.zeros(self.num_classes, np.float32),
+            # [c, p] = 1 once client p's mean of class c is in the row; widened as ids come
+            HOLDERS: np.zeros((self.num_classes, 1), np.float32),
         }
 
     def train_client(
@@ -75,15 +78,28 @@ class PrototypesMethod(Method):
         return UpdateLayout(rows=rows, feature_rows=frozenset({"class-means"}))
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
-        prototypes, counts = merge_class_rows(
-            state["prototypes"],
-            state["class-counts"],
+        """Each class's row over all its holders so far (`fold_in_new_holders`). Updates
+        without a sender (a client's own model, `eval-local`) replace the rows they carry,
+        as if theirs were the only data."""
+        rows = (
             [u.arrays["class-ids"] for u in updates],
             [u.arrays["class-means"] for u in updates],
             [u.arrays["class-counts"] for u in updates],
+        )
+        if any(u.sender is None for u in updates):
+            prototypes, counts = merge_class_rows(
+                state["prototypes"], state["class-counts"], *rows, self.merge_rule
+            )
+            return {**state, "prototypes": prototypes, "class-counts": counts}
+        prototypes, counts, holders = fold_in_new_holders(
+            state["prototypes"],
+            state["class-counts"],
+            state[HOLDERS],
+            [u.sender for u in updates],
+            *rows,
             self.merge_rule,
         )
-        return {"prototypes": prototypes, "class-counts": counts}
+        return {"prototypes": prototypes, "class-counts": counts, HOLDERS: holders}
 
     def classifier(self, state: State) -> nn.Module:
         head = CosinePrototypeHead(torch.from_numpy(state["prototypes"]).to(self.backbone.device))
