@@ -85,8 +85,8 @@ def test_bad_values_fail_in_one_line_naming_the_key(changes, key):
 
 
 def test_a_method_that_cannot_run_asynchronously_is_refused():
-    with pytest.raises(ConfigError, match="^run config key 'client-task-order': method 'lwf'"):
-        check_names(_config(method="lwf", client_task_order="per-client"))
+    with pytest.raises(ConfigError, match="^run config key 'client-task-order': method 'multifcl'"):
+        check_names(_config(method="multifcl", client_task_order="per-client"))
     with pytest.raises(ConfigError, match="at least 2 clients"):
         StreamSchedule.of(_config(client_start_delay_rounds=1), 1)
 
@@ -176,6 +176,23 @@ def test_asynchronous_prototypes_end_with_the_synchronous_class_means(asynchrono
     assert final["class-counts"].sum() == len(load_experiment(config).data.stream.train_labels)
     np.testing.assert_allclose(final["prototypes"], expected["prototypes"], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(final["class-holders"], expected["class-holders"])
+
+
+def test_asynchronous_lwf_distils_every_other_class_towards_the_model_it_receives(tmp_path):
+    config = _config(**ASYNC, method="lwf", output_dir=tmp_path / "run")
+    experiment = load_experiment(config)
+    method, stream = experiment.method, experiment.data.stream
+    state = method.initial_state()
+    assert not any(key.startswith("teacher/") for key in state)  # no task ends for all
+    state = {key: value + 0.01 for key, value in state.items()}  # not the method's own init
+    task = stream.task(1)
+    method.train_client(state, experiment.data.client_train_set(task, 0, 1), task, seed=1)
+    outside = [c for c in range(stream.num_classes) if c not in task.classes]
+    assert method._distilled.tolist() == outside
+    for key, value in method.teacher.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), state[key], err_msg=key)
+    metrics, _ = run_in_process(config, num_nodes=NODES)
+    assert metrics["num_stages"] == 4 and all(a is not None for a in metrics["accuracy_matrix"][-1])
 
 
 def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):
