@@ -73,7 +73,7 @@ def test_lwf_loss_adds_distillation_on_old_classes_only(ce_classes, tiny_config)
     with torch.no_grad():
         for parameter in method.teacher.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
-        method._task_classes, method._distilled = range(0, 4), torch.arange(0)  # task 1
+        method._task_classes, method._distilled = range(4), torch.arange(0)  # task 1
         plain = method._loss(pixels, labels, 4)
         method._task_classes, method._distilled = range(2, 4), torch.arange(2)  # task 2
         with_teacher = method._loss(pixels, labels, 4)
