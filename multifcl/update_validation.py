@@ -16,7 +16,7 @@ updates gives away (see its docstring for the bounds).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def check_trained_claim(claim: tuple[int, list[int]] | None, task: Task, require
 def outlier_updates(
     state: State,
     updates: Mapping[Hashable, ClientUpdate],
-    task: Task,
+    tasks: Collection[Task],
     method: Method,
     max_row_norm_ratio: float = 10.0,
     max_change_ratio: float = 100.0,
@@ -116,20 +116,25 @@ def outlier_updates(
 
     A median needs genuine voters in the majority, so with fewer than three votes (one or
     two updates, and no merged rows for the row check) nothing is an outlier.
+
+    `tasks` are the tasks the updates trained (one in a synchronous round; an asynchronous
+    round may mix them): every key of their layouts is checked among the updates that carry it.
     """
     if not updates:
         return {}
-    layout = method.update_layout(state, task)
+    layouts = [method.update_layout(state, task) for task in tasks]
+    feature_rows = {key: layout.rows[key] for layout in layouts for key in layout.feature_rows}
+    dense = {key for layout in layouts for key in layout.dense}
     found: list[dict[Hashable, str]] = []
     if max_row_norm_ratio:
         found += [
-            _row_outliers(key, state, layout.rows[key], updates, max_row_norm_ratio)
-            for key in sorted(layout.feature_rows)
+            _row_outliers(key, state, feature_rows[key], updates, max_row_norm_ratio)
+            for key in sorted(feature_rows)
         ]
     if max_change_ratio and len(updates) >= MIN_VOTES:
         found += [
             _change_outliers(key, state[key], updates, max_change_ratio)
-            for key in sorted(layout.dense)
+            for key in sorted(dense)
             if state[key].dtype.kind == "f"
         ]
     reasons: dict[Hashable, str] = {}
@@ -141,7 +146,7 @@ def outlier_updates(
 
 def _row_outliers(key: str, state: State, target: str, updates, ratio: float) -> dict:
     """Updates with a row of `key` whose norm is outside [m / ratio, m x ratio]."""
-    norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items()}
+    norms = {node: _row_norms(u.arrays[key]) for node, u in updates.items() if key in u.arrays}
     votes = [float(np.median(rows)) for rows in norms.values()]
     if CLASS_COUNTS in state:
         votes += _row_norms(state[target][state[CLASS_COUNTS] > 0]).tolist()

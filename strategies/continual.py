@@ -331,8 +331,8 @@ class RoundRunner:
         """Move the finite but absurd updates (next to the others) to the failed clients."""
         ratios = self.method.config.max_row_norm_ratio, self.method.config.max_change_ratio
         updates = sorted_out.updates
-        task = attempt.position(min(updates))[0] if updates else attempt.task  # the layout's
-        outliers = outlier_updates(attempt.state, updates, task, self.method, *ratios)
+        tasks = {attempt.position(node)[0].index: attempt.position(node)[0] for node in updates}
+        outliers = outlier_updates(attempt.state, updates, tasks.values(), self.method, *ratios)
         for node, reason in outliers.items():
             sorted_out.failed[node] = f"rejected: {reason}"
             del updates[node]

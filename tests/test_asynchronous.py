@@ -17,6 +17,7 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.config_names import check_names
 from multifcl.data import Task
 from multifcl.experiment import load_experiment
+from multifcl.methods.multifcl import ADAPTER_PREFIX, ADAPTER_ROUNDS
 from multifcl.metrics.continual import summarize, summarize_stages
 from multifcl.reporting.report_command import render_report
 from multifcl.reporting.run_results import RunResults
@@ -85,8 +86,8 @@ def test_bad_values_fail_in_one_line_naming_the_key(changes, key):
 
 
 def test_a_method_that_cannot_run_asynchronously_is_refused():
-    with pytest.raises(ConfigError, match="^run config key 'client-task-order': method 'multifcl'"):
-        check_names(_config(method="multifcl", client_task_order="per-client"))
+    with pytest.raises(ConfigError, match="^run config key 'client-task-order': method 'pilora'"):
+        check_names(_config(method="pilora", client_task_order="per-client"))
     with pytest.raises(ConfigError, match="at least 2 clients"):
         StreamSchedule.of(_config(client_start_delay_rounds=1), 1)
 
@@ -193,6 +194,21 @@ def test_asynchronous_lwf_distils_every_other_class_towards_the_model_it_receive
         np.testing.assert_array_equal(value.numpy(), state[key], err_msg=key)
     metrics, _ = run_in_process(config, num_nodes=NODES)
     assert metrics["num_stages"] == 4 and all(a is not None for a in metrics["accuracy_matrix"][-1])
+
+
+def test_asynchronous_multifcl_trains_its_adapters_once_in_a_round_of_mixed_tasks(tmp_path):
+    """The first-task adapter set trains in the first merged round that carries it, FedAvg
+    over the clients of global task 0 only, while other clients of that round train task 1."""
+    config = _config(**ASYNC, method="multifcl", use_text_init=False, output_dir=tmp_path / "run")
+    rows = StreamSchedule.of(config, NODES).client_tasks()
+    first = min(row.index(0) for row in rows)  # the first global round training task 0
+    assert {row[first] for row in rows} >= {0, 1}  # it mixes tasks 0 and 1
+    run_in_process(config, num_nodes=NODES)
+    state = latest_checkpoint(config.output_dir).state
+    initial = load_experiment(config).method.initial_state()
+    assert state[ADAPTER_ROUNDS].tolist()[0] == 1  # one adapter-only round, then frozen
+    adapters = [key for key in state if key.startswith(ADAPTER_PREFIX)]
+    assert adapters and any(not np.array_equal(state[k], initial[k]) for k in adapters)
 
 
 def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):

@@ -313,7 +313,7 @@ def test_no_genuine_update_is_an_outlier(name, tiny_config):
             )
             for client in range(3)
         }
-        assert outlier_updates(state, updates, task, method) == {}
+        assert outlier_updates(state, updates, [task], method) == {}
         state = method.end_task(method.merge(state, list(updates.values())), task)
 
 
@@ -356,7 +356,7 @@ def rows_update(scale: float = 1.0, seed: int = 0, adapter_step: float = 0.1) ->
 def test_a_row_far_from_the_median_row_norm_is_an_outlier_both_ways():
     for scale, shown in ((1e30, r"2\.\d+e\+30"), (1e-30, r"2\.\d+e-30"), (11.0, r"2\d\.\d")):
         updates = {"a": rows_update(seed=1), "b": rows_update(scale, seed=2), "c": rows_update()}
-        reasons = outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS)
+        reasons = outlier_updates(per_class_state(), updates, [TASK_2], PER_CLASS)
         assert list(reasons) == ["b"]
         assert re.fullmatch(
             f"key 'class-means': a row of norm {shown} is outside \\[0.2\\d+, 2\\d.\\d\\], "
@@ -364,33 +364,35 @@ def test_a_row_far_from_the_median_row_norm_is_an_outlier_both_ways():
             reasons["b"],
         ), reasons["b"]
     honest = {"a": rows_update(seed=1), "b": rows_update(9.0, seed=2), "c": rows_update()}
-    assert outlier_updates(per_class_state(), honest, TASK_2, PER_CLASS) == {}
+    assert outlier_updates(per_class_state(), honest, [TASK_2], PER_CLASS) == {}
 
 
 def test_merged_rows_bound_a_round_with_too_few_clients_for_a_median():
     pair = {"a": rows_update(), "b": rows_update(1e30, seed=2)}
     # no majority to judge by
-    assert outlier_updates(per_class_state(), pair, TASK_2, PER_CLASS) == {}
+    assert outlier_updates(per_class_state(), pair, [TASK_2], PER_CLASS) == {}
     state = per_class_state()
     state["prototypes"][:3], state["class-counts"][:3] = 2.0, 5.0  # task 1's merged rows
-    assert list(outlier_updates(state, pair, TASK_2, PER_CLASS)) == ["b"]
-    assert list(outlier_updates(state, {"b": rows_update(1e30)}, TASK_2, PER_CLASS)) == ["b"]
-    assert outlier_updates(state, pair, TASK_2, PER_CLASS, max_row_norm_ratio=0) == {}  # off
+    assert list(outlier_updates(state, pair, [TASK_2], PER_CLASS)) == ["b"]
+    assert list(outlier_updates(state, {"b": rows_update(1e30)}, [TASK_2], PER_CLASS)) == ["b"]
+    assert outlier_updates(state, pair, [TASK_2], PER_CLASS, max_row_norm_ratio=0) == {}  # off
 
 
 def test_a_dense_change_far_above_the_median_change_is_an_outlier():
     updates = {node: rows_update(seed=seed) for seed, node in enumerate("abc")}
     updates["d"] = rows_update(seed=3, adapter_step=1e3)
-    reasons = outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS)
+    reasons = outlier_updates(per_class_state(), updates, [TASK_2], PER_CLASS)
     assert list(reasons) == ["d"]
     assert re.fullmatch(
         r"key 'adapter/w' changed by 4.\d+e\+03, more than 100x the median change 0.\d+",
         reasons["d"],
     ), reasons["d"]
-    assert outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS, max_change_ratio=0) == {}
+    assert (
+        outlier_updates(per_class_state(), updates, [TASK_2], PER_CLASS, max_change_ratio=0) == {}
+    )
     # a client whose data moved it 50x further than the median client is not an outlier
     updates["d"] = rows_update(seed=3, adapter_step=5.0)
-    assert outlier_updates(per_class_state(), updates, TASK_2, PER_CLASS) == {}
+    assert outlier_updates(per_class_state(), updates, [TASK_2], PER_CLASS) == {}
 
 
 def test_float16_rounding_of_an_unchanged_array_is_never_an_outlier():
@@ -400,7 +402,7 @@ def test_float16_rounding_of_an_unchanged_array_is_never_an_outlier():
     for update in updates.values():
         update.arrays["adapter/w"] = state["adapter/w"].copy()
     updates["a"].arrays["adapter/w"] = state["adapter/w"].astype(np.float16).astype(np.float32)
-    assert outlier_updates(state, updates, TASK_2, PER_CLASS) == {}
+    assert outlier_updates(state, updates, [TASK_2], PER_CLASS) == {}
 
 
 # --- fault injection through the real strategy -----------------------------------------------

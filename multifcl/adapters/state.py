@@ -25,6 +25,8 @@ class AdapterSets:
         self.bank = bank
         self.policy = policy
         self.num_sets = policy.num_sets
+        # the seeded weights, kept: `load` overwrites the parameters the arrays are read from
+        self._initial_arrays = self.arrays(range(self.num_sets))
 
     @property
     def encoder(self):
@@ -55,7 +57,7 @@ class AdapterSets:
     def initial_state(self) -> State:
         """No adapter-only round yet, then every set's initial weights (none without sets)."""
         rounds = {ADAPTER_ROUNDS: np.zeros(self.num_sets, np.int64)} if self.num_sets else {}
-        return {**rounds, **self.arrays(range(self.num_sets))}
+        return {**rounds, **{key: value.copy() for key, value in self._initial_arrays.items()}}
 
     def load(self, state: State) -> None:
         with torch.no_grad():

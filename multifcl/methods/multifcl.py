@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 class MultiFCLMethod(Method):
     name = "multifcl"
+    # asynchronously: adapter sets are keyed by global task, trained by its clients
+    runs_asynchronously = True
 
     def __init__(
         self, config: ExperimentConfig, backbone: Backbone, class_names: list[str]
@@ -289,17 +291,26 @@ class MultiFCLMethod(Method):
         return UpdateLayout(rows, frozenset(sent_whole), frozenset(features))
 
     def merge(self, state: State, updates: list[ClientUpdate]) -> State:
+        """The experts' rows and arrays (`experts.merge`); each adapter set by FedAvg over
+        the updates that carry it (an asynchronous round may mix clients of its task with
+        clients of others), counting one adapter round for it."""
         merged = dict(state)
         weights = [u.num_examples for u in updates]
         merged.update(self.experts.merge(state, [u.arrays for u in updates], weights))
-        trained = self.adapters.trained_set(updates[0].arrays)
-        if trained is not None and self.config.task1_schedule == "two-phase":
-            merged[ADAPTER_ROUNDS] = self.adapters.count_adapter_round(state, trained)
-        arrays = [
-            {k: v for k, v in u.arrays.items() if k.startswith(ADAPTER_PREFIX)} for u in updates
-        ]
-        if arrays[0]:  # FedAvg, sample-weighted
-            merged.update(weighted_average(arrays, weights, self.merge_rule, state))
+        by_set: dict[int, list[ClientUpdate]] = {}
+        for update in updates:
+            trained = self.adapters.trained_set(update.arrays)
+            if trained is not None:
+                by_set.setdefault(trained, []).append(update)
+        for trained, carrying in sorted(by_set.items()):
+            if self.config.task1_schedule == "two-phase":
+                merged[ADAPTER_ROUNDS] = self.adapters.count_adapter_round(merged, trained)
+            arrays = [
+                {k: v for k, v in u.arrays.items() if k.startswith(ADAPTER_PREFIX)}
+                for u in carrying
+            ]
+            sizes = [u.num_examples for u in carrying]  # FedAvg, sample-weighted
+            merged.update(weighted_average(arrays, sizes, self.merge_rule, state))
         return merged
 
     def classifier(self, state: State) -> nn.Module:
