@@ -24,7 +24,7 @@ from multifcl.aggregation import merge_class_rows
 from multifcl.data import InMemoryImages, Task
 from multifcl.methods.base import ClientUpdate, State, UpdateLayout, batches
 from multifcl.methods.finetune import FinetuneMethod, TrainableTop
-from multifcl.methods.pilora import DistanceClassifier
+from multifcl.methods.pilora import DistanceClassifier, prototype_distances
 
 PROTOTYPES = "prototypes"
 CLASS_COUNTS = "class-counts"
@@ -130,6 +130,12 @@ class FedProtoMethod(FinetuneMethod):
         self._load(state)
         prototypes = torch.from_numpy(state[PROTOTYPES]).to(self.backbone.device)
         return DistanceClassifier(TrainedFeatures(self.model), prototypes)
+
+    def _top_logits(self, state: State):
+        """Trunk output -> minus the distances of its trained feature to the prototypes."""
+        self._load(state)
+        prototypes = torch.from_numpy(state[PROTOTYPES]).to(self.backbone.device)
+        return lambda hidden: -prototype_distances(self.model.top_features(hidden), prototypes)
 
     def final_prototypes(self, state: State) -> torch.Tensor:
         return torch.from_numpy(state[PROTOTYPES])

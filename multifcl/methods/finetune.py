@@ -18,6 +18,7 @@ from multifcl.backbones import Backbone
 from multifcl.backbones.host_transfer import to_device
 from multifcl.data import InMemoryImages, Task
 from multifcl.data.augmentation import TrainAugmentation
+from multifcl.features import FeatureSplit, encoder_fingerprint
 from multifcl.heads.etf import ETFHead, ETFObjective, mean_pairwise_class_mean_cosine
 from multifcl.methods.base import (
     CLASS_MEAN_COSINE,
@@ -146,6 +147,34 @@ class FinetuneMethod(FedAvgModelMethod):
             ]
         )
         return mean_pairwise_class_mean_cosine(features.cpu(), torch.as_tensor(data.labels))
+
+    def feature_split(self, state: State) -> FeatureSplit | None:
+        """On a CNN, evaluation caches the frozen trunk's output (the input of the trained
+        last block) and runs only the trained top on it for each state. A transformer's
+        token sequence is not kept (197 x 768 floats an image for ViT-B/16): None."""
+        backbone = self.backbone
+        if backbone.token_features:
+            return None
+        description = (backbone.name, backbone.frozen_precision, str(backbone.image_size))
+        top_logits = self._top_logits(state)
+        return FeatureSplit(
+            encoder_fingerprint((*description, "trunk"), {}),
+            self._encode_trunk,
+            lambda trunk: top_logits(trunk[0]),
+        )
+
+    def _top_logits(self, state: State):
+        """Trunk output -> the classifier's logits under `state` (`feature_split`)."""
+        self._load(state)
+        return lambda hidden: self.model.head(self.model.top_features(hidden))
+
+    @torch.no_grad()
+    def _encode_trunk(self, images: torch.Tensor) -> list[torch.Tensor]:
+        parts = self.extract_batches.map(
+            len(images),
+            lambda a, b: self.model.trunk_hidden(self.backbone.preprocess(images[a:b])),
+        )
+        return [torch.cat([hidden for _, _, hidden in parts])]
 
     def block_features(self, state: State, pixels: torch.Tensor) -> list[torch.Tensor]:
         self._load(state)
