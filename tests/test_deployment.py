@@ -245,6 +245,21 @@ def test_tls_authenticated_deployment_runs_a_two_task_job(deployment):
     assert trained == deployment.registered_node_ids  # the refused node never trained
 
 
+def test_an_asynchronous_job_runs_over_the_deployment(deployment):
+    """Each SuperNode its own task order and start (docs/asynchronous.md): 2 tasks x 1
+    round, one client a round late, so the 3 global rounds mix the two tasks."""
+    output = deployment.root / "asynchronous"
+    stream = "client-task-order='per-client' client-start-delay-rounds=1 method='lwf'"
+    run = deployment.cli.run(APP_DIR, overrides=f"{TINY_JOB} {stream} output-dir='{output}'")
+    assert run.completed, (run.status, run.details, run.logs[-3000:])
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["num_stages"] == 3 and metrics["tasks_finished"] == 3
+    client_tasks = metrics["stream_schedule"]["client_tasks"]
+    assert sorted(row.count(-1) for row in client_tasks) == [1, 1]  # one idle round each
+    rows = list(csv.DictReader((output / "rounds.csv").open()))
+    assert [r["failures"] for r in rows] == ["0", "0", "0"]
+
+
 def refused_line(run) -> str:
     """The one line a run that the ServerApp refused at start failed with."""
     assert run.status == "finished:failed", (run.status, run.details, run.logs[-3000:])
