@@ -312,6 +312,33 @@ def test_task_state_files_hold_the_state_keys_exactly(tmp_path):
 # --- the subprocess worker -----------------------------------------------------------------
 
 
+ASYNCHRONOUS_RUN = {  # RUN as an asynchronous stream (which has no eval-local, val-fraction)
+    **{key: value for key, value in RUN.items() if key not in ("eval-local", "val-fraction")},
+    "method": "lwf",
+    "rounds-per-task": 2,
+    "client-task-order": "per-client",
+    "client-start-delay-rounds": 2,
+}
+
+
+def test_an_asynchronous_run_killed_while_evaluating_a_stage_resumes_exactly(tmp_path):
+    reference = tmp_path / "reference"
+    assert run_worker({**ASYNCHRONOUS_RUN, "output-dir": str(reference)}).returncode == 0
+    folder = tmp_path / "run"
+    killed = run_worker({**ASYNCHRONOUS_RUN, "output-dir": str(folder)}, {"evaluate": 2})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert json.loads((folder / "metrics.json").read_text())["tasks_finished"] == 1
+    resume = {**ASYNCHRONOUS_RUN, "resume-from": str(folder)}
+    assert run_worker(resume).returncode == 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics == json.loads((reference / "metrics.json").read_text())
+    assert metrics["num_stages"] == 3 and metrics["tasks_finished"] == 3
+    state, expected = latest_checkpoint(folder).state, latest_checkpoint(reference).state
+    assert sorted(state) == sorted(expected)
+    assert all(np.array_equal(state[k], expected[k]) for k in state)
+    assert comparable_rows(folder) == comparable_rows(reference)
+
+
 def _worker(run_config: dict, kill: dict | None) -> None:
 
     import server.continual_loop as loop
@@ -330,15 +357,18 @@ def _worker(run_config: dict, kill: dict | None) -> None:
         return train(message, context)
 
     evaluations = []
-    evaluate = loop.evaluate_seen_tasks
 
-    def evaluate_or_die(*args, **kwargs):
-        evaluations.append(1)
-        if kill.get("evaluate") == len(evaluations):
-            die()
-        return evaluate(*args, **kwargs)
+    def or_die(evaluate):  # a task's evaluation, or an asynchronous stage's
+        def evaluate_or_die(*args, **kwargs):
+            evaluations.append(1)
+            if kill.get("evaluate") == len(evaluations):
+                die()
+            return evaluate(*args, **kwargs)
 
-    loop.evaluate_seen_tasks = evaluate_or_die
+        return evaluate_or_die
+
+    loop.evaluate_seen_tasks = or_die(loop.evaluate_seen_tasks)
+    loop.evaluate_stage = or_die(loop.evaluate_stage)
     config = ExperimentConfig.from_run_config(run_config)
     grid = InProcessGrid(handler, config.to_run_config(), NODES)
     loop.run_continual_learning(grid, config, base_dir=Path.cwd())
