@@ -233,31 +233,22 @@ def test_supernode_with_unregistered_key_is_refused(deployment):
     assert {node["node-id"] for node in listed["nodes"]} == deployment.registered_node_ids
 
 
-def test_tls_authenticated_deployment_runs_a_two_task_job(deployment):
-    output = deployment.root / "results"
-    run = deployment.cli.run(APP_DIR, overrides=f"{TINY_JOB} output-dir='{output}'")
-    assert run.completed, (run.status, run.details, run.logs[-3000:])
-    metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["tasks_finished"] == 2 and len(metrics["accuracy_matrix"]) == 2
-    rows = list(csv.DictReader((output / "rounds.csv").open()))
-    assert [(r["clients"], r["failures"]) for r in rows] == [("2", "0"), ("2", "0")]
-    trained = set(re.findall(r"Push replies from node_id=(\d+)", deployment.log("superlink")))
-    assert trained == deployment.registered_node_ids  # the refused node never trained
-
-
-def test_an_asynchronous_job_runs_over_the_deployment(deployment):
+def test_tls_authenticated_deployment_runs_an_asynchronous_two_task_job(deployment):
     """Each SuperNode its own task order and start (docs/asynchronous.md): 2 tasks x 1
-    round, one client a round late, so the 3 global rounds mix the two tasks."""
-    output = deployment.root / "asynchronous"
+    round, one client a round late, so the 3 global rounds (stages) mix the two tasks."""
+    output = deployment.root / "results"
     stream = "client-task-order='per-client' client-start-delay-rounds=1 method='lwf'"
     run = deployment.cli.run(APP_DIR, overrides=f"{TINY_JOB} {stream} output-dir='{output}'")
     assert run.completed, (run.status, run.details, run.logs[-3000:])
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["num_stages"] == 3 and metrics["tasks_finished"] == 3
+    assert all(a is not None for a in metrics["accuracy_matrix"][-1])
     client_tasks = metrics["stream_schedule"]["client_tasks"]
     assert sorted(row.count(-1) for row in client_tasks) == [1, 1]  # one idle round each
     rows = list(csv.DictReader((output / "rounds.csv").open()))
-    assert [r["failures"] for r in rows] == ["0", "0", "0"]
+    assert [(r["clients"], r["failures"]) for r in rows] == [("1", "0"), ("2", "0"), ("1", "0")]
+    trained = set(re.findall(r"Push replies from node_id=(\d+)", deployment.log("superlink")))
+    assert trained == deployment.registered_node_ids  # the refused node never trained
 
 
 def refused_line(run) -> str:
