@@ -9,6 +9,7 @@ compute the same schedule.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,12 +110,39 @@ class StreamSchedule:
 
     def seen_tasks(self, stage: Stage) -> list[int]:
         """The global tasks some client has trained for a round by the end of `stage`."""
-        seen = set()
-        for client, order in enumerate(self.orders):
-            started = stage.last_round - self.offsets[client]  # rounds since its start
-            if started > 0:
-                seen.update(order[: min(-(-started // self.rounds_per_task), len(order))])
-        return sorted(seen)
+        return sorted({t for c in range(len(self.orders)) for t in self.client_seen(c, stage)})
+
+    def client_seen(self, client: int, stage: Stage) -> list[int]:
+        """The global tasks `client` has trained for a round by the end of `stage`."""
+        started = stage.last_round - self.offsets[client]  # rounds since its start
+        if started <= 0:
+            return []
+        order = self.orders[client]
+        return sorted(order[: min(-(-started // self.rounds_per_task), len(order))])
+
+    def client_accuracy(
+        self, matrix: Sequence[Sequence[float | None]], test_sizes: Sequence[int]
+    ) -> dict:
+        """Each client's accuracy on its own seen classes after each stage: the global
+        model's (among the stage's seen classes, as `matrix`) on the test images of the
+        tasks the client has trained, i.e. the test-size-weighted mean of a[s][j] over them
+        (None before its first round); with the mean and worst over clients per stage."""
+        per_stage = []
+        for stage, row in zip(self.stages, matrix):
+            scores = []
+            for client in range(len(self.orders)):
+                seen = self.client_seen(client, stage)
+                weight = sum(test_sizes[j] for j in seen)
+                scores.append(
+                    sum(row[j] * test_sizes[j] for j in seen) / weight if weight else None
+                )
+            per_stage.append(scores)
+        scored = [[a for a in scores if a is not None] for scores in per_stage]
+        return {
+            "accuracy_own_seen": per_stage,
+            "mean": [sum(a) / len(a) if a else None for a in scored],
+            "worst": [min(a) if a else None for a in scored],
+        }
 
     def ended_tasks(self, stage: Stage) -> list[int]:
         """The global tasks whose last client finishes them within `stage`."""

@@ -78,7 +78,10 @@ def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None)
             checkpoint, metrics = tasks.evaluate(checkpoint, step, started)
     if metrics is None:  # resumed a run that had already finished
         log(INFO, "multifcl: every task of %s was already done", run_dir.path)
-        metrics = {**checkpoint.accuracy.metrics(stream.num_tasks), **tasks.schedule_record}
+        metrics = {
+            **checkpoint.accuracy.metrics(stream.num_tasks),
+            **tasks.schedule_record(checkpoint.accuracy),
+        }
     for path in experiment.method.export(checkpoint.state, run_dir.path / ADAPTERS_FOLDER):
         log(INFO, "multifcl: adapters exported to %s", path)
     print_summary(metrics, f"{config.method} on {config.dataset}")
@@ -149,12 +152,18 @@ class _TaskLoop:
                 config.rounds_per_task,
             )
 
-    @property
-    def schedule_record(self) -> dict:
-        """What metrics.json adds for an asynchronous stream (`stream_schedule`)."""
+    def schedule_record(self, accuracy: AccuracyHistory) -> dict:
+        """What metrics.json adds for an asynchronous stream: `stream_schedule`, and each
+        client's accuracy on its own seen classes after each evaluated stage."""
         if self.schedule is None or not is_asynchronous(self.config):
             return {}
-        return {"num_stages": len(self.steps), "stream_schedule": self.schedule.as_record()}
+        stream = self.experiment.data.stream
+        sizes = [len(stream.test_indices(task)) for task in stream]
+        return {
+            "num_stages": len(self.steps),
+            "stream_schedule": self.schedule.as_record(),
+            "client_seen_accuracy": self.schedule.client_accuracy(accuracy.cil, sizes),
+        }
 
     def _rounds_in(self, step: Task | Stage) -> int:
         return step.rounds if isinstance(step, Stage) else self.config.rounds_per_task
@@ -271,7 +280,7 @@ class _TaskLoop:
         validation = self._evaluate_validation(state, task)
         clients = self._evaluate_clients(checkpoint, state, task)
         accuracy = checkpoint.accuracy.appended(stage, clients, validation)
-        metrics = run_dir.write_metrics(accuracy, self.num_tasks, self.schedule_record)
+        metrics = run_dir.write_metrics(accuracy, self.num_tasks, self.schedule_record(accuracy))
         if self.config.save_task_checkpoints:
             save_task_state(run_dir.path, task.index, state)
         checkpoint = _advance(

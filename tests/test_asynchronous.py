@@ -145,6 +145,18 @@ def test_per_client_order_with_delays_runs_stage_by_stage(asynchronous_run, tmp_
     assert len(metrics["accuracy_matrix"]) == 4
     assert all(a is not None for a in metrics["accuracy_matrix"][-1])
     assert metrics["stream_schedule"]["client_tasks"] == schedule.client_tasks()
+    own = metrics["client_seen_accuracy"]  # each client on the tasks it has trained
+    matrix, rows = metrics["accuracy_matrix"], schedule.client_tasks()
+    stream = load_experiment(config).data.stream
+    sizes = [len(stream.test_indices(task)) for task in stream]
+    for stage, scores in zip(schedule.stages, own["accuracy_own_seen"], strict=True):
+        for client, score in enumerate(scores):
+            trained = {t for t in rows[client][: stage.last_round] if t != IDLE}
+            weighted = sum(matrix[stage.index][t] * sizes[t] for t in trained)
+            expected = weighted / sum(sizes[t] for t in trained) if trained else None
+            assert score == pytest.approx(expected)
+    assert None in own["accuracy_own_seen"][0]  # a late client has trained nothing yet
+    assert own["mean"][-1] == pytest.approx(metrics["last"])  # every client saw every task
     sent: dict[int, list[int]] = {}  # partition -> the tasks its messages named, in order
     for message in grid.sent:
         node = message.metadata.dst_node_id

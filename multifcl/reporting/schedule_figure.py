@@ -14,7 +14,8 @@ from multifcl.reporting.report_figures import new_figure, save_figure
 
 def stream_schedule(metrics: Mapping, title: str, path: Path) -> Path:
     """Left: the clients' tasks per global round (blank: idle), stage ends as lines; right:
-    A_s after each stage, at the stage's last round."""
+    A_s after each stage, at the stage's last round, and the mean and worst client's
+    accuracy on its own seen classes."""
     schedule = metrics["stream_schedule"]
     table = np.array(schedule["client_tasks"], dtype=float)
     table[table < 0] = np.nan  # idle
@@ -39,6 +40,12 @@ def stream_schedule(metrics: Mapping, title: str, path: Path) -> Path:
         colorbar.ax.set_yticklabels([f"task {t + 1}" for t in range(num_tasks)])
         colorbar.ax.set_ylim(-0.5, num_tasks - 0.5)
         right.plot(ends, metrics["stage_accuracy"], marker="o", color="black", label="A_s")
+        own = metrics.get("client_seen_accuracy")  # each client on its own seen classes
+        for key, style in (("mean", "--"), ("worst", ":")):
+            points = [(e, a) for e, a in zip(ends, own[key] if own else []) if a is not None]
+            if points:
+                right.plot(*zip(*points), style, marker=".", label=f"clients' own seen, {key}")
+        right.legend(loc="lower left", fontsize=8)
         right.set(
             xlabel="global round (end of stage)",
             ylabel="CIL accuracy on seen classes (%)",
