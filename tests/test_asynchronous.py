@@ -223,6 +223,27 @@ def test_asynchronous_multifcl_trains_its_adapters_once_in_a_round_of_mixed_task
     assert adapters and any(not np.array_equal(state[k], initial[k]) for k in adapters)
 
 
+def test_a_failing_client_delays_no_other_client(tmp_path):
+    """Client 0 fails every round it is sent: every other client trains its own schedule
+    in the same global rounds, and each round records one failure where client 0 trained."""
+    config = _config(**ASYNC, min_fit_fraction=0.01, output_dir=tmp_path / "run")
+
+    def client_0_fails(message, context):
+        if context.node_config["partition-id"] == 0:
+            raise RuntimeError("client 0 is broken")
+        return train(message, context)
+
+    metrics, _ = run_in_process(config, num_nodes=NODES, handler=client_0_fails)
+    schedule = StreamSchedule.of(config, NODES)
+    rounds = [r for r in _results(config.output_dir)[1] if r["merged"] == "True"]
+    assert len(rounds) == schedule.total_rounds  # no round added, none retried
+    for global_round, row in enumerate(rounds, start=1):
+        training = schedule.training(global_round)
+        assert int(row["failures"]) == (0 in training)
+        assert int(row["clients"]) == len(training) - (0 in training)
+    assert metrics["num_stages"] == len(schedule.stages) and metrics["tasks_finished"] == 4
+
+
 def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):
     reference, _, _ = asynchronous_run
     config = _config(**ASYNC, output_dir=tmp_path / "run")
