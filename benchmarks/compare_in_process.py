@@ -21,6 +21,7 @@ from clients.client_app import train
 from multifcl.compare import PlannedRun, add_arguments, plan_from_arguments, run_comparison
 from server.continual_loop import run_continual_learning
 from server.in_process_grid import InProcessGrid
+from server.library_logs import route_library_logs_to_flower
 
 
 def main() -> None:
@@ -28,6 +29,7 @@ def main() -> None:
     add_arguments(parser)
     args = parser.parse_args()
     plan = plan_from_arguments(args)
+    route_library_logs_to_flower()  # the evaluation's progress lines, as under flwr run
 
     def launch(run: PlannedRun) -> None:
         grid = InProcessGrid(train, run.config.to_run_config(), num_nodes=plan.num_clients)

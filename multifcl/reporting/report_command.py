@@ -12,6 +12,9 @@ Writes into DIR (default: <first RUN_DIR>/report):
   bytes_per_round.png        bytes up and down per round, one line per method and config
   client_accuracy-<run>.png  (eval-local runs) each client's accuracy on its own test slice
                              after each task, global vs its own model: mean, ± std, worst
+  schedule-<run>.png         (asynchronous runs) clients x global rounds coloured by the task
+                             trained, stage ends, next to A_s and the mean and worst client's
+                             accuracy on its own seen classes
 
 Runs are labelled by method and seed. A method run with several configs gets one line per
 config, labelled by the keys that tell them apart; runs that differ in more than method and
