@@ -67,9 +67,10 @@ def evaluate_seen_tasks(
     current: Task,
     cache: FeatureCache | None = None,
     subset: str = TEST,
+    title: str | None = None,
 ) -> StageAccuracy:
     """Evaluate `state` on the `subset` (test, or validation with `val-fraction`) of every
-    task up to and including `current`.
+    task up to and including `current`; `title` names it in the progress lines.
 
     `cache` defaults to this process's evaluation cache for `method` and `subset` (when
     `cache-features`): validation features are cached apart from test features.
@@ -79,7 +80,8 @@ def evaluate_seen_tasks(
         role = "evaluation" if subset == TEST else "validation"
         cache = cache if cache is not None else evaluation_cache(method, role)
         cache.keep_only(lambda key: key.encoder == split.encoder)
-    with EvaluationProgress(current.index + 1, data.stream.num_tasks, subset) as progress:
+    num_tasks = data.stream.num_tasks
+    with EvaluationProgress(current.index + 1, num_tasks, subset, title) as progress:
         return _evaluate(method, state, data, current, split, cache, progress)
 
 
@@ -125,9 +127,11 @@ class EvaluationProgress:
     """Logs, every PROGRESS_INTERVAL_S while the block runs, which test set is being scored
     and how many of its samples are done (nothing for an evaluation shorter than that)."""
 
-    def __init__(self, after_task: int, num_tasks: int, subset: str = TEST) -> None:
+    def __init__(
+        self, after_task: int, num_tasks: int, subset: str = TEST, title: str | None = None
+    ) -> None:
         which = "" if subset == TEST else f"{subset} "
-        self.after = f"{which}evaluation after task {after_task}/{num_tasks}"
+        self.after = title or f"{which}evaluation after task {after_task}/{num_tasks}"
         self.subset = subset  # the held-out sets scored: test or validation
         self.seen_tasks = after_task
         self.in_equizero = False  # past the plain scoring, in the transformed passes

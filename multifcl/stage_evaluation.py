@@ -28,8 +28,10 @@ def evaluate_stage(
     """The stage's row of each matrix: one entry per global task up to the last seen one,
     None for a task not seen yet."""
     stream = data.stream
+    title = f"evaluation of the {len(seen_tasks)} seen tasks (of {stream.num_tasks})"
     if seen_tasks == list(range(len(seen_tasks))):
-        return evaluate_seen_tasks(method, state, data, stream.task(len(seen_tasks) - 1))
+        last = stream.task(len(seen_tasks) - 1)
+        return evaluate_seen_tasks(method, state, data, last, title=title)
     split = method.feature_split(state) if method.config.cache_features else None
     cache = None
     if split is not None:
@@ -40,7 +42,7 @@ def evaluate_stage(
     cil: list[float | None] = [None] * (seen_tasks[-1] + 1)
     til = list(cil)
     correct_total = count_total = 0
-    with EvaluationProgress(len(seen_tasks), stream.num_tasks) as progress:
+    with EvaluationProgress(len(seen_tasks), stream.num_tasks, title=title) as progress:
         for number, task in enumerate(tasks, start=1):
             test_set = data.test_set(task)
             progress.task(number, len(test_set))

@@ -56,18 +56,25 @@ def run_continual_learning(grid: Grid, config: ExperimentConfig, base_dir: Path)
 def _run(grid: Grid, config: ExperimentConfig, folder: Path, run_id: str | None) -> dict:
     run_dir, experiment, federation, checkpoint = _start_or_resume(grid, config, folder, run_id)
     stream = experiment.data.stream
+    tasks = _TaskLoop(grid, config, run_dir, experiment, federation, checkpoint.rounds_logged)
+    if config.resume_from is not None:
+        log(
+            INFO,
+            "multifcl: resuming %s from %s; next: %s",
+            run_dir.path,
+            checkpoint.file_name,
+            tasks.next_step(checkpoint),
+        )
     log(
         INFO,
-        "multifcl: %s on %s, %d tasks x %d rounds, %d clients (of %d partitions) -> %s",
+        "multifcl: %s on %s, %s, %d clients (of %d partitions) -> %s",
         config.method,
         config.dataset,
-        stream.num_tasks,
-        config.rounds_per_task,
+        tasks.shape_text(),
         len(federation.partitions),
         federation.num_partitions,
         run_dir.path,
     )
-    tasks = _TaskLoop(grid, config, run_dir, experiment, federation, checkpoint.rounds_logged)
     metrics: dict | None = None
     with tasks.progress.periodic:  # a progress line with an ETA every minute while rounds run
         for step in tasks.steps:  # the tasks, or an asynchronous stream's stages
@@ -130,8 +137,10 @@ class _TaskLoop:
                 )
             self.schedule = StreamSchedule.of(config, federation.num_partitions)
             self.steps = self.schedule.stages
-        self.round_log = _RoundLog(run_dir, rounds_logged, len(self.steps), config)
-        self.progress = RunProgress(len(self.steps), config.rounds_per_task)
+        self.step_name = "task" if self.schedule is None else "stage"
+        step_rounds = [self._rounds_in(step) for step in self.steps]
+        self.round_log = _RoundLog(run_dir, rounds_logged, self.step_name, step_rounds)
+        self.progress = RunProgress(step_rounds, self.step_name)
         self.rounds = RoundRunner(
             experiment.method,
             experiment.data.stream,
@@ -151,6 +160,29 @@ class _TaskLoop:
                 config.round_timeout,
                 config.rounds_per_task,
             )
+
+    def shape_text(self) -> str:
+        """The stream's tasks and rounds in words, for the run's first log line."""
+        text = f"{self.num_tasks} tasks x {self.config.rounds_per_task} rounds"
+        if self.schedule is None:
+            return text
+        rounds = sum(self._rounds_in(stage) for stage in self.steps)
+        return (
+            f"{text}, asynchronous: {rounds} global rounds in {len(self.steps)} stages "
+            f"(client-task-order={self.config.client_task_order!r}, "
+            f"client-start-delay-rounds={self.config.client_start_delay_rounds})"
+        )
+
+    def next_step(self, checkpoint: Checkpoint) -> str:
+        """What a run resumed from `checkpoint` does first, in words."""
+        name, step = self.step_name, checkpoint.task + 1  # 1-based task or stage
+        if checkpoint.task_evaluated:
+            if step == len(self.steps):
+                return f"nothing, every {name} is done"
+            return f"{name} {step + 1} round 1"
+        if checkpoint.rounds_done < self._rounds_in(self.steps[checkpoint.task]):
+            return f"{name} {step} round {checkpoint.rounds_done + 1}"
+        return f"evaluation of {name} {step}"
 
     def schedule_record(self, accuracy: AccuracyHistory) -> dict:
         """What metrics.json adds for an asynchronous stream: `stream_schedule`, and each
@@ -295,7 +327,8 @@ class _TaskLoop:
         checkpoint.save(run_dir.path)
         log(
             INFO,
-            "task %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
+            "%s %d/%d done in %.1f s: CIL accuracy per task %s, A_t %.2f",
+            self.step_name,
             task.index + 1,
             len(self.steps),
             time.perf_counter() - started,
@@ -381,13 +414,6 @@ def _start_or_resume(
         check_same_clients(saved_config, num_clients)
         run_dir.reopen(config, checkpoint.rounds_logged)
         checkpoint.rng.restore()
-        log(
-            INFO,
-            "multifcl: resuming %s from %s; next: %s",
-            run_dir.path,
-            checkpoint.file_name,
-            _next_step(checkpoint, config.rounds_per_task, stream.num_tasks),
-        )
         return run_dir, experiment, federation, checkpoint
     run_dir.start(
         config,
@@ -417,12 +443,12 @@ class _RoundLog:
     """Appends each round's record to rounds.csv and the log, counting the rows."""
 
     def __init__(
-        self, run_dir: RunDirectory, rows: int, num_tasks: int, config: ExperimentConfig
+        self, run_dir: RunDirectory, rows: int, step_name: str, step_rounds: list[int]
     ) -> None:
         self.run_dir = run_dir
         self.rows = rows
-        self.num_tasks = num_tasks
-        self.rounds_per_task = config.rounds_per_task
+        self.step_name = step_name  # "task", or "stage" in an asynchronous stream
+        self.step_rounds = step_rounds  # rounds of each task or stage
 
     def append(self, record: RoundRecord) -> None:
         self.run_dir.append_round(record)
@@ -430,9 +456,10 @@ class _RoundLog:
         if record.phase == "evaluate":
             log(
                 INFO,
-                "task %d/%d clients' evaluation: %d clients, %.1f s, up %d B, down %d B",
+                "%s %d/%d clients' evaluation: %d clients, %.1f s, up %d B, down %d B",
+                self.step_name,
                 record.task,
-                self.num_tasks,
+                len(self.step_rounds),
                 record.clients,
                 record.seconds,
                 record.bytes_up,
@@ -443,11 +470,12 @@ class _RoundLog:
         retry = "" if record.attempt == 1 else f" (attempt {record.attempt})"
         log(
             INFO if record.merged else WARNING,
-            "task %d/%d round %d/%d%s: %d clients%s, %.1f s, up %d B, down %d B%s",
+            "%s %d/%d round %d/%d%s: %d clients%s, %.1f s, up %d B, down %d B%s",
+            self.step_name,
             record.task,
-            self.num_tasks,
+            len(self.step_rounds),
             record.round,
-            self.rounds_per_task,
+            self.step_rounds[record.task - 1],
             retry,
             record.clients,
             "" if record.merged else " (too few, not merged)",
@@ -480,17 +508,6 @@ def _advance(checkpoint: Checkpoint, **changes) -> Checkpoint:
     return dataclasses.replace(
         checkpoint, step=checkpoint.step + 1, rng=RngStates.capture(), **changes
     )
-
-
-def _next_step(checkpoint: Checkpoint, rounds_per_task: int, num_tasks: int) -> str:
-    """What a resumed run does first, in words."""
-    if checkpoint.task_evaluated:
-        if checkpoint.task + 1 == num_tasks:
-            return "nothing, every task is done"
-        return f"task {checkpoint.task + 2} round 1"
-    if checkpoint.rounds_done < rounds_per_task:
-        return f"task {checkpoint.task + 1} round {checkpoint.rounds_done + 1}"
-    return f"evaluation of task {checkpoint.task + 1}"
 
 
 def _warn(line: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -245,7 +246,9 @@ def test_a_failing_client_delays_no_other_client(tmp_path):
     assert metrics["num_stages"] == len(schedule.stages) and metrics["tasks_finished"] == 4
 
 
-def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronous_run, tmp_path):
+def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(
+    asynchronous_run, tmp_path, caplog
+):
     reference, _, _ = asynchronous_run
     config = _config(**ASYNC, output_dir=tmp_path / "run")
     calls = []
@@ -261,7 +264,13 @@ def test_an_interrupted_asynchronous_run_resumes_to_the_same_results(asynchronou
     with pytest.raises(RoundFailed):
         run_in_process(config, num_nodes=NODES, handler=dies_in_stage_3)
     resumed = ExperimentConfig(**{**vars(config), "resume_from": config.output_dir})
-    run_in_process(resumed, num_nodes=NODES, base_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run_in_process(resumed, num_nodes=NODES, base_dir=tmp_path)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.endswith("next: stage 3 round 1") for line in lines)
+    assert any("7 global rounds in 4 stages" in line for line in lines)  # 2 x 2 + 3 rounds
+    assert any(line.startswith("stage 4/4 round 1/1: ") for line in lines)  # the short stage
+    assert any(line.startswith("stage 4/4 done in ") for line in lines)
     metrics, rounds = _results(config.output_dir)
     expected_metrics, expected_rounds = _results(reference.output_dir)
     assert metrics == expected_metrics

@@ -18,7 +18,7 @@ class FakeClock:
 
 def test_the_line_names_task_round_and_an_eta_from_the_rounds_done_here():
     clock = FakeClock()
-    progress = RunProgress(num_tasks=2, rounds_per_task=3, clock=clock)
+    progress = RunProgress([3, 3], clock=clock)
     progress.round_started(1, 1)
     clock.now += 30
     assert progress.line() == (
@@ -35,16 +35,25 @@ def test_the_line_names_task_round_and_an_eta_from_the_rounds_done_here():
 
 def test_a_resumed_run_counts_from_where_it_resumed():
     clock = FakeClock()
-    progress = RunProgress(num_tasks=5, rounds_per_task=2, clock=clock)
+    progress = RunProgress([2] * 5, clock=clock)
     progress.round_started(3, 1)  # 4 rounds were done before the resume
     clock.now += 100
     progress.round_finished()
     assert "5/10 rounds done, elapsed 0:01:40, ETA 0:08:20" in progress.line()
 
 
+def test_an_asynchronous_stream_counts_stages_and_its_shorter_last_stage():
+    clock = FakeClock()
+    progress = RunProgress([2, 2, 1], step_name="stage", clock=clock)  # G = 5 global rounds
+    progress.round_started(3, 1)
+    clock.now += 10
+    progress.round_finished()
+    assert progress.line().startswith("progress: stage 3/3 round 1/1 (done); 5/5 rounds done")
+
+
 def test_the_background_line_is_logged_and_stops_with_the_run(caplog):
     with caplog.at_level(logging.INFO, logger="flwr"):
-        progress = RunProgress(num_tasks=1, rounds_per_task=1, interval=0.01)
+        progress = RunProgress([1], interval=0.01)
         with progress.periodic:
             progress.round_started(1, 1)
             for _ in range(2000):  # a bound, not a timing: the first line comes at ~0.01 s
