@@ -38,6 +38,7 @@ TRANSMIT_DTYPES = ("float32", "float16")
 EVAL_CANONICALIZATIONS = ("none", "equizero")
 ROBUST_MERGES = ("none", "trimmed-mean", "median", "norm-clip")
 AUGMENTS = ("none", "standard")
+AUTO_RIDGE = "auto"  # `analytic-ridge`: chosen per task on held-out samples, as RanPAC does
 FORCE_CACHE = "force"  # `cache-features`: keep caching frozen-encoder features under `augment`
 SPLIT_FILE_DATASETS = ("imagefolder", "imagenet-r")
 PROMPT_METHODS = ("l2p", "coda-prompt")  # prompts in a transformer's tokens
@@ -124,7 +125,7 @@ class ExperimentConfig:
     lwf_lambda: float = 3.0  # weight of the distillation towards the previous task's model
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
     analytic_projection_dim: int = 1024  # random ReLU features (0: the backbone's features)
-    analytic_ridge: float = 1.0  # ridge lambda of the analytic classifier's solve
+    analytic_ridge: float | str = 1.0  # ridge lambda of the analytic solve, or "auto"
     fedproto_lambda: float = 1.0  # weight of the pull of features to the global prototypes
     l2p_pool_size: int = 10  # prompts in L2P's pool
     l2p_prompt_length: int = 5  # tokens per L2P prompt
@@ -210,12 +211,19 @@ class ExperimentConfig:
         positive += ("adapter-rank", "num-experts", "text-init-topk", "feature-cache-mb")
         positive += ("lr", "beta", "temperature", "pilora-rank", "lwf-temperature", "tb-min")
         positive += ("round-timeout", "torch-threads", "prototype-lr", "min-train-clients")
-        positive += ("pilora-prototype-lr", "pilora-lora-lr", "analytic-ridge")
+        positive += ("pilora-prototype-lr", "pilora-lora-lr")
         positive += ("l2p-pool-size", "l2p-prompt-length", "l2p-top-k", "coda-pool-size")
         positive += ("coda-prompt-length", "coda-prompt-layers")
         positive += ("lorm-rank",)
         for key in positive:
             _check_positive(key, getattr(self, _attribute(key)))
+        if isinstance(self.analytic_ridge, str) and self.analytic_ridge != AUTO_RIDGE:
+            raise ConfigError(
+                f"run config key 'analytic-ridge': expected a number or {AUTO_RIDGE!r}, "
+                f"got {self.analytic_ridge!r}"
+            )
+        if self.analytic_ridge != AUTO_RIDGE:
+            _check_positive("analytic-ridge", self.analytic_ridge)
         not_negative = ("image-size", "kd-lambda", "momentum", "weight-decay", "rho")
         not_negative += ("pilora-ortho-lambda", "pilora-pull-lambda", "lwf-lambda")
         not_negative += ("pilora-l1-lambda", "pilora-weight-decay")
@@ -503,6 +511,8 @@ def _convert(key: str, value: Any, type_name: str) -> Any:
                 f"run config key '{key}': expected true, false or a name, got {value!r}"
             )
         return value
+    if type_name == "float | str":  # a number or a named mode, checked by the config itself
+        return value if isinstance(value, str) else _convert(key, value, "float")
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"run config key '{key}': expected a number, got {value!r}")
