@@ -125,7 +125,7 @@ class ExperimentConfig:
     lwf_lambda: float = 3.0  # weight of the distillation towards the previous task's model
     lwf_ce_classes: str = "task"  # cross-entropy over the current task's classes, or "seen"
     analytic_projection_dim: int = 1024  # random ReLU features (0: the backbone's features)
-    analytic_ridge: float | str = 1.0  # ridge lambda of the analytic solve, or "auto"
+    analytic_ridge: float | str = AUTO_RIDGE  # ridge lambda of the analytic solve, or "auto"
     fedproto_lambda: float = 1.0  # weight of the pull of features to the global prototypes
     l2p_pool_size: int = 10  # prompts in L2P's pool
     l2p_prompt_length: int = 5  # tokens per L2P prompt

@@ -26,6 +26,7 @@ from tests.conftest import run_in_process
 from tests.test_update_validation import over_the_wire
 
 WIDTH = 48
+RIDGE_FIXED = 1.0
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,11 @@ def pixel_features(images: torch.Tensor) -> torch.Tensor:
 def federated_weights(tiny_config, partition: str, clients: int, rounds: int) -> np.ndarray:
     """W after two tasks of `rounds` rounds each, every update sent over the wire."""
     config = tiny_config(
-        method="analytic", analytic_projection_dim=WIDTH, partition=partition, beta=0.05
+        method="analytic",
+        analytic_projection_dim=WIDTH,
+        analytic_ridge=RIDGE_FIXED,
+        partition=partition,
+        beta=0.05,
     )
     experiment = load_experiment(config)
     method, data = experiment.method, experiment.data
@@ -61,7 +66,10 @@ def federated_weights(tiny_config, partition: str, clients: int, rounds: int) ->
 
 def centralized_weights(tiny_config) -> np.ndarray:
     """Ridge regression on all the stream's training samples at once (one client, IID)."""
-    experiment = load_experiment(tiny_config(method="analytic", analytic_projection_dim=WIDTH))
+    config = tiny_config(
+        method="analytic", analytic_projection_dim=WIDTH, analytic_ridge=RIDGE_FIXED
+    )
+    experiment = load_experiment(config)
     method, data = experiment.method, experiment.data
     everything = [data.client_train_set(task, 0, 1) for task in data.stream]
     hidden = project(torch.cat([pixel_features(d.images) for d in everything]), method.projection)
