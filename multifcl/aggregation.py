@@ -182,6 +182,51 @@ def fold_in_new_holders(
     return merged_rows, merged_counts, holders
 
 
+def merge_rows_keeping_absent_holders(
+    rows: np.ndarray,
+    counts: np.ndarray,
+    holder_counts: np.ndarray,
+    senders: Sequence[int],
+    client_classes: Sequence[np.ndarray],
+    client_rows: Sequence[np.ndarray],
+    client_counts: Sequence[np.ndarray],
+    rule: MergeRule = NO_RULE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class rows a client retrains from the global row whenever it sends them
+    (MultiFCL's experts): the round's senders' rows merged by `merge_class_rows` (and
+    `rule`), then a class's holders absent from the round weigh in with the class's current
+    global row, by their sample counts, as FedAvg counts a client that returns the model it
+    received.
+
+    `holder_counts[c, p]` is the count of class c that client `p` (partition id,
+    `senders[i]` for the i-th update) last sent; it gains columns when a sender's id is past
+    its width. Returns (rows, counts, holder_counts); a class's count covers all its holders.
+    When every holder of each reported class sends in the round (a synchronous stream without
+    sampling) this is `merge_class_rows`, bit for bit; when a class's holders train it in
+    different rounds (asynchronous streams, client sampling) its row no longer forgets the
+    earlier ones.
+    """
+    width = max([holder_counts.shape[1], *(p + 1 for p in senders)])
+    holder_counts = np.pad(holder_counts, ((0, 0), (0, width - holder_counts.shape[1])))
+    merged_rows, merged_counts = merge_class_rows(
+        rows, counts, client_classes, client_rows, client_counts, rule
+    )
+    present = np.zeros(holder_counts.shape, dtype=bool)
+    for sender, classes in zip(senders, client_classes):
+        present[classes, sender] = True
+    absent = np.where(present, 0.0, holder_counts.astype(np.float64)).sum(axis=1)
+    folded = present.any(axis=1) & (absent > 0)
+    round_counts = merged_counts[folded].astype(np.float64)[:, None]
+    weight = absent[folded][:, None]
+    merged_rows[folded] = (
+        (merged_rows[folded] * round_counts + rows[folded] * weight) / (round_counts + weight)
+    ).astype(rows.dtype)
+    merged_counts[folded] = (round_counts + weight)[:, 0]
+    for sender, classes, weights in zip(senders, client_classes, client_counts):
+        holder_counts[classes, sender] = weights
+    return merged_rows, merged_counts, holder_counts
+
+
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     weights = np.asarray(weights, np.float64)
     return (values * _per_client(weights, values)).sum(axis=0) / weights.sum()

@@ -18,6 +18,7 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.config_names import check_names
 from multifcl.data import Task
 from multifcl.experiment import load_experiment
+from multifcl.heads.experts import HOLDER_COUNTS
 from multifcl.methods.multifcl import ADAPTER_PREFIX, ADAPTER_ROUNDS
 from multifcl.metrics.continual import summarize, summarize_stages
 from multifcl.reporting.report_command import render_report
@@ -222,6 +223,11 @@ def test_asynchronous_multifcl_trains_its_adapters_once_in_a_round_of_mixed_task
     assert state[ADAPTER_ROUNDS].tolist()[0] == 1  # one adapter-only round, then frozen
     adapters = [key for key in state if key.startswith(ADAPTER_PREFIX)]
     assert adapters and any(not np.array_equal(state[k], initial[k]) for k in adapters)
+    # every class's row and count cover all its holders, whenever each trained it
+    stream = load_experiment(config).data.stream
+    expected = np.bincount(stream.train_labels, minlength=stream.num_classes)
+    np.testing.assert_array_equal(state["class-counts"], expected)
+    np.testing.assert_array_equal(state[HOLDER_COUNTS].sum(axis=1), expected)
 
 
 def test_a_failing_client_delays_no_other_client(tmp_path):

@@ -1,12 +1,18 @@
 """Per-class rows that keep every holder's contribution across rounds
-(`multifcl.aggregation.fold_in_new_holders`, the `prototypes` merge)."""
+(`multifcl.aggregation.fold_in_new_holders`, the `prototypes` merge, and
+`merge_rows_keeping_absent_holders`, MultiFCL's experts)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from multifcl.aggregation import MergeRule, fold_in_new_holders, merge_class_rows
+from multifcl.aggregation import (
+    MergeRule,
+    fold_in_new_holders,
+    merge_class_rows,
+    merge_rows_keeping_absent_holders,
+)
 
 CLASSES, WIDTH = 4, 3
 
@@ -72,3 +78,35 @@ def test_a_class_no_new_holder_sends_keeps_its_row_and_count():
     again = fold_in_new_holders(*state, [0], ids[:1], rows[:1], counts[:1])
     for before, after in zip(state, again):
         np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("rule", ["none", "median"])
+def test_retrained_rows_with_every_holder_present_are_the_round_merge_bit_for_bit(rule):
+    ids, rows, counts = _updates(2, 5)
+    start_rows, start_counts, holder_counts = _empty()
+    state = (start_rows, start_counts, holder_counts)
+    for _ in range(2):  # a synchronous task's two rounds: the same holders each time
+        expected = merge_class_rows(state[0], state[1], ids, rows, counts, MergeRule(rule))
+        state = merge_rows_keeping_absent_holders(
+            *state, range(5), ids, rows, counts, MergeRule(rule)
+        )
+        np.testing.assert_array_equal(state[0], expected[0])
+        np.testing.assert_array_equal(state[1], expected[1])
+    assert state[2][3].tolist() == [0, counts[1][3], 0, counts[3][3], 0]
+
+
+def test_holders_absent_from_a_round_weigh_in_with_the_global_row():
+    ids, rows, counts = _updates(3, 3)
+    state = _empty()
+    state = merge_rows_keeping_absent_holders(*state, [0], ids[:1], rows[:1], counts[:1])
+    global_row = state[0].copy()
+    merged_rows, merged_counts, holder_counts = merge_rows_keeping_absent_holders(
+        *state, [2], ids[2:], rows[2:], counts[2:]
+    )
+    for c in range(3):  # held by clients 0 and 2: client 0 absent, counted with the global row
+        n0, n2 = float(counts[0][c]), float(counts[2][c])
+        expected = (n2 * rows[2][c].astype(np.float64) + n0 * global_row[c]) / (n0 + n2)
+        np.testing.assert_allclose(merged_rows[c], expected, rtol=1e-6)
+        assert merged_counts[c] == n0 + n2
+    np.testing.assert_array_equal(merged_rows[3], global_row[3])  # nobody sent class 3
+    assert holder_counts.shape == (CLASSES, 3) and holder_counts[0, 1] == 0

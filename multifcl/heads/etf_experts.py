@@ -92,7 +92,9 @@ class ETFExperts(Experts):
     def upload(self, classes: torch.Tensor) -> State:
         return self._arrays()
 
-    def merge(self, state: State, updates: list[State], weights: list[int]) -> State:
+    def merge(
+        self, state: State, updates: list[State], weights: list[int], senders: list[int | None]
+    ) -> State:
         """The global class counts, and the projections' FedAvg, sample-weighted."""
         ids, counts = [u["class-ids"] for u in updates], [u[COUNTS] for u in updates]
         arrays = [{k: v for k, v in u.items() if k.startswith(PROJECTION_PREFIX)} for u in updates]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from multifcl.optim.local_training import LocalTraining
 
 COUNTS = "class-counts"
+HOLDER_COUNTS = "class-holder-counts"  # classes x partition ids: the count each last sent
 State = dict[str, np.ndarray]
 
 
@@ -116,9 +117,11 @@ class Experts(ABC):
         """The arrays a client sends for its local `classes`."""
 
     @abstractmethod
-    def merge(self, state: State, updates: list[State], weights: list[int]) -> State:
-        """The experts' new state keys and `COUNTS` from the clients' arrays and sample
-        counts (`weights`)."""
+    def merge(
+        self, state: State, updates: list[State], weights: list[int], senders: list[int | None]
+    ) -> State:
+        """The experts' new state keys and `COUNTS` from the clients' arrays, sample counts
+        (`weights`) and partition ids (`senders`; None for a client's own model)."""
 
     def sent_whole(self) -> set[str]:
         """State keys sent whole (not one row per class)."""

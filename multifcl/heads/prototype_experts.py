@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from multifcl.aggregation import MergeRule, merge_class_rows
+from multifcl.aggregation import MergeRule, merge_class_rows, merge_rows_keeping_absent_holders
 from multifcl.backbones import Backbone
 from multifcl.backbones.host_transfer import to_device
 from multifcl.backbones.text_encoders import TextEncoder, check_text_encoder, load_text_encoder
@@ -22,6 +22,7 @@ from multifcl.config import ConfigError, ExperimentConfig
 from multifcl.data import Task
 from multifcl.heads.experts import (
     COUNTS,
+    HOLDER_COUNTS,
     ClientRound,
     ExpertDiagnostics,
     Experts,
@@ -90,10 +91,11 @@ class PrototypeExperts(Experts):
         return [prototype_key(m) for m in range(len(self.tap_dims))]
 
     def initial_state(self) -> State:
-        return {
+        state = {
             key: np.zeros((self.num_classes, dim), np.float32)
             for key, dim in zip(self.keys, self.tap_dims)
         }
+        return state | {HOLDER_COUNTS: np.zeros((self.num_classes, 1), np.float32)}
 
     def load(self, state: State) -> None:
         self.prototypes = [torch.tensor(state[key], device=self.device) for key in self.keys]
@@ -220,14 +222,35 @@ class PrototypeExperts(Experts):
             for key, matrix in zip(self.keys, self.prototypes)
         }
 
-    def merge(self, state: State, updates: list[State], weights: list[int]) -> State:
-        """Each class's rows weighted by the clients' counts of it, and the global counts."""
+    def merge(
+        self,
+        state: State,
+        updates: list[State],
+        weights: list[int],
+        senders: list[int | None],
+    ) -> State:
+        """Each class's rows weighted by the clients' counts of it, its holders absent from
+        the round weighing in with its global row (`merge_rows_keeping_absent_holders`), and
+        the global counts. Updates without a sender (a client's own model, `eval-local`)
+        replace the rows they carry."""
         ids, counts = [u["class-ids"] for u in updates], [u[COUNTS] for u in updates]
         merged = {}
         for key in self.keys:
             rows = [u[key] for u in updates]
-            merged[key], merged[COUNTS] = merge_class_rows(
-                state[key], state[COUNTS], ids, rows, counts, self.merge_rule
+            if any(sender is None for sender in senders):
+                merged[key], merged[COUNTS] = merge_class_rows(
+                    state[key], state[COUNTS], ids, rows, counts, self.merge_rule
+                )
+                continue
+            merged[key], merged[COUNTS], merged[HOLDER_COUNTS] = merge_rows_keeping_absent_holders(
+                state[key],
+                state[COUNTS],
+                state[HOLDER_COUNTS],
+                senders,
+                ids,
+                rows,
+                counts,
+                self.merge_rule,
             )
         return merged
 

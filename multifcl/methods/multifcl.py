@@ -35,7 +35,14 @@ from multifcl.features import (
 )
 from multifcl.heads.etf import ETFHead
 from multifcl.heads.etf_experts import ETFExperts
-from multifcl.heads.experts import COUNTS, ClientRound, ExpertDiagnostics, Experts, ExpertTraining
+from multifcl.heads.experts import (
+    COUNTS,
+    HOLDER_COUNTS,
+    ClientRound,
+    ExpertDiagnostics,
+    Experts,
+    ExpertTraining,
+)
 from multifcl.heads.multi_expert import describe_experts, expert_taps, inference_logits
 from multifcl.heads.prototype_experts import PrototypeExperts
 from multifcl.losses.self_distillation import self_distillation_loss
@@ -57,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 class MultiFCLMethod(Method):
     name = "multifcl"
+    growing_state_keys = frozenset({HOLDER_COUNTS})  # one column per partition id seen
     # asynchronously: adapter sets are keyed by global task, trained by its clients
     runs_asynchronously = True
 
@@ -283,7 +291,7 @@ class MultiFCLMethod(Method):
         the adapters of the round's trained set."""
         trainable = self._training_set(state, task)
         sent_whole = set(self.adapters.parameters([] if trainable is None else [trainable]))
-        shared = set(self.adapters.all_parameters()) | {ADAPTER_ROUNDS}
+        shared = set(self.adapters.all_parameters()) | {ADAPTER_ROUNDS, HOLDER_COUNTS}
         sent_whole |= self.experts.sent_whole()
         shared |= self.experts.sent_whole()
         rows = {key: key for key in state if key not in shared}
@@ -296,7 +304,8 @@ class MultiFCLMethod(Method):
         clients of others), counting one adapter round for it."""
         merged = dict(state)
         weights = [u.num_examples for u in updates]
-        merged.update(self.experts.merge(state, [u.arrays for u in updates], weights))
+        senders = [u.sender for u in updates]
+        merged.update(self.experts.merge(state, [u.arrays for u in updates], weights, senders))
         by_set: dict[int, list[ClientUpdate]] = {}
         for update in updates:
             trained = self.adapters.trained_set(update.arrays)
