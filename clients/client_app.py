@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+import multifcl.app_imports  # noqa: F401  the library in one import (see its docstring)
 from multifcl.client_evaluation import score_own_slice
 from multifcl.config import ExperimentConfig
 from multifcl.data import Task

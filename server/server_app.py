@@ -24,6 +24,7 @@ route_library_logs_to_flower()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = ExperimentConfig.from_run_config(context.run_config)
+    import multifcl.app_imports  # noqa: F401  the library in one import (see its docstring)
     from multifcl.config_names import check_names  # imports the registries
 
     check_names(config)
