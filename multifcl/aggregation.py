@@ -154,8 +154,7 @@ def fold_in_new_holders(
     this is `merge_class_rows`, bit for bit; under asynchronous streams and client sampling
     a class's row covers all the holders that have sent it, not only the latest round's.
     """
-    width = max([holders.shape[1], *(p + 1 for p in senders)])
-    holders = np.pad(holders, ((0, 0), (0, width - holders.shape[1])))
+    holders = _widened(holders, senders)
     fresh_classes, fresh_rows, fresh_counts = [], [], []
     for sender, classes, values, weights in zip(
         senders, client_classes, client_rows, client_counts
@@ -206,8 +205,7 @@ def merge_rows_keeping_absent_holders(
     different rounds (asynchronous streams, client sampling) its row no longer forgets the
     earlier ones.
     """
-    width = max([holder_counts.shape[1], *(p + 1 for p in senders)])
-    holder_counts = np.pad(holder_counts, ((0, 0), (0, width - holder_counts.shape[1])))
+    holder_counts = _widened(holder_counts, senders)
     merged_rows, merged_counts = merge_class_rows(
         rows, counts, client_classes, client_rows, client_counts, rule
     )
@@ -225,6 +223,12 @@ def merge_rows_keeping_absent_holders(
     for sender, classes, weights in zip(senders, client_classes, client_counts):
         holder_counts[classes, sender] = weights
     return merged_rows, merged_counts, holder_counts
+
+
+def _widened(holders: np.ndarray, senders: Sequence[int]) -> np.ndarray:
+    """A classes x partition-ids table with a column for every sender (zeros added)."""
+    width = max([holders.shape[1], *(p + 1 for p in senders)])
+    return np.pad(holders, ((0, 0), (0, width - holders.shape[1])))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -208,6 +208,14 @@ def test_auto_ridge_bad_values_and_forged_held_out_counts_are_refused(tiny_confi
     forged.arrays[HELD_SAMPLES] = np.array([update.num_examples + 1.0])
     with pytest.raises(RejectedUpdate, match="is not a count of this client's samples"):
         validate_update(state, forged, task, method)
+    one_short = copy.deepcopy(update)  # a genuine count, but not the held-out share
+    one_short.arrays[HELD_SAMPLES] = update.arrays[HELD_SAMPLES] - 1
+    with pytest.raises(RejectedUpdate, match="is not a count of this client's samples held out"):
+        validate_update(state, one_short, task, method)
+    grown = copy.deepcopy(update)  # a Gram, but more than a subset of the task's samples
+    grown.arrays["task-held-gram"] *= 100
+    with pytest.raises(RejectedUpdate, match="allows for a subset"):
+        validate_update(state, grown, task, method)
     inflated = copy.deepcopy(update)
     inflated.arrays["task-held-cross"] += 1e3
     with pytest.raises(RejectedUpdate, match="an entry larger than"):

@@ -389,6 +389,7 @@ class _Crash(BaseException):
         ("fedproto", {"rounds-per-task": 2}),
         ("coda-prompt", {"rounds-per-task": 2, "coda-pool-size": 10}),  # l2p: same base
         ("lorm", {"lorm-rank": 4}),
+        ("multifcl", {"use-text-init": False, "task1-schedule": "joint"}),  # sampled rows
     ],
 )
 def test_a_run_stopped_mid_task_resumes_exactly_for_each_method(method, keys, tmp_path):

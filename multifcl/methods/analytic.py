@@ -156,18 +156,26 @@ class AnalyticMethod(PrototypesMethod):
         sums_of_squares = counts[:, None] * means**2
         if (sums_of_squares > update.num_examples * diagonal * (1 + GRAM_SLACK) + GRAM_SLACK).any():
             return f"key {CLASS_MEANS!r}: a class mean larger than {TASK_GRAM!r} allows"
-        return self._held_out_problem(update) if self.selects_ridge else None
+        return self._held_out_problem(update, diagonal) if self.selects_ridge else None
 
-    def _held_out_problem(self, update: ClientUpdate) -> str | None:
-        """A whole number of held-out samples, at most the client's; a genuine mean Gram;
-        a mean h y^T within Cauchy-Schwarz of it (|mean h_j y_c| <= sqrt(G_jj))."""
-        count = float(update.arrays[HELD_SAMPLES][0])
-        if not (count.is_integer() and 0 <= count <= update.num_examples):
-            return f"key {HELD_SAMPLES!r}: {count} is not a count of this client's samples"
+    def _held_out_problem(self, update: ClientUpdate, task_diagonal: torch.Tensor) -> str | None:
+        """The held-out count `held_out_samples` gives for the client's samples; a genuine
+        mean Gram whose sums of squares fit within the task's; a mean h y^T within
+        Cauchy-Schwarz of it (|mean h_j y_c| <= sqrt(G_jj))."""
+        count, samples = float(update.arrays[HELD_SAMPLES][0]), update.num_examples
+        expected = samples - int(samples * FIT_SHARE)  # held_out_samples' rule
+        if count != expected:
+            return (
+                f"key {HELD_SAMPLES!r}: {count} is not a count of this client's samples held "
+                f"out ({expected} of {samples})"
+            )
         gram = unpack(torch.from_numpy(update.arrays[HELD_GRAM].astype(np.float64)))
         problem = gram_problem(HELD_GRAM, gram)
         if problem is not None:
             return problem
+        held_squares = count * gram.diagonal()  # a subset's sums of squares: within the task's
+        if (held_squares > samples * task_diagonal * (1 + GRAM_SLACK) + GRAM_SLACK).any():
+            return f"key {HELD_GRAM!r}: larger than {TASK_GRAM!r} allows for a subset"
         cross = torch.from_numpy(update.arrays[HELD_CROSS].astype(np.float64)).abs()
         bound = gram.diagonal().sqrt()[:, None] * (1 + GRAM_SLACK) + GRAM_SLACK
         if (cross > bound).any():
@@ -236,12 +244,9 @@ class AnalyticMethod(PrototypesMethod):
         held_gram = held * unpack(torch.from_numpy(state[HELD_GRAM]))
         held_cross = held * torch.from_numpy(state[HELD_CROSS])
         task_gram = state[TASK_SAMPLES][0] * unpack(torch.from_numpy(state[TASK_GRAM]))
-        counts = torch.from_numpy(state[CLASS_COUNTS].astype(np.float64))
         task_cross = torch.zeros_like(held_cross)
         classes = list(task.classes)
-        task_cross[:, classes] = (torch.from_numpy(state[CLASS_MEANS]) * counts[:, None]).T[
-            :, classes
-        ]
+        task_cross[:, classes] = class_sums(state)[:, classes]
         fit_gram, fit_cross = task_gram - held_gram, task_cross - held_cross
         identity = torch.eye(self.width, dtype=fit_gram.dtype)
         errors = []
@@ -258,9 +263,7 @@ class AnalyticMethod(PrototypesMethod):
         """W = (G + lambda I)^-1 C (width x classes, float64) from the merged sums."""
         gram = torch.from_numpy(state[GRAM] + state[TASK_SAMPLES][0] * state[TASK_GRAM])
         gram = unpack(gram) + self.ridge(state) * torch.eye(self.width, dtype=gram.dtype)
-        counts = torch.from_numpy(state[CLASS_COUNTS].astype(np.float64))
-        class_sums = (torch.from_numpy(state[CLASS_MEANS]) * counts[:, None]).T
-        return torch.linalg.solve(gram, class_sums)
+        return torch.linalg.solve(gram, class_sums(state))
 
     def _head(self, state: State) -> AnalyticHead:
         weights = self.ridge_weights(state).to(self.backbone.device)
@@ -291,6 +294,12 @@ def gram_problem(key: str, gram: torch.Tensor) -> str | None:
     if (gram.abs() > torch.outer(bound, bound) * (1 + GRAM_SLACK) + GRAM_SLACK).any():
         return f"key {key!r}: not a Gram matrix (an entry breaks Cauchy-Schwarz)"
     return None
+
+
+def class_sums(state: State) -> torch.Tensor:
+    """C = sum h y^T (width x classes, float64) from the merged class means and counts."""
+    counts = torch.from_numpy(state[CLASS_COUNTS].astype(np.float64))
+    return (torch.from_numpy(state[CLASS_MEANS]) * counts[:, None]).T
 
 
 def held_out_samples(count: int, seed: int) -> torch.Tensor:
